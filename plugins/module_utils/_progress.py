@@ -1,0 +1,94 @@
+# -*- coding: utf-8 -*-
+# Copyright: xen2kvm developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Progress of a long copy, written as JSON to a status file another process can poll.
+
+A timer thread writes the file, so it keeps being refreshed while the source stalls (XAPI sends
+keep-alives when it has nothing to say) — a reader of the file can tell "slow" from "hung".
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import os
+import tempfile
+import threading
+import time
+
+INTERVAL = 1.0
+
+
+def write_json_atomically(path, payload):
+    """Write ``payload`` to ``path`` through a temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=1, sort_keys=True)
+            handle.write("\n")
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class ProgressReporter:
+    """Calls ``snapshot()`` (returning ``(done, total, extra_dict)``) every second and writes it."""
+
+    def __init__(self, path, snapshot, interval=INTERVAL):
+        self.path = path
+        self.snapshot = snapshot
+        self.interval = interval
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def status(self, state="running", error=None):
+        done, total, extra = self.snapshot()
+        elapsed = max(time.time() - self.started, 1e-6)
+        rate = done / elapsed
+        remaining = max(total - done, 0) if total else None
+        payload = {
+            "state": state,
+            "bytes_done": done,
+            "bytes_total": total,
+            "percent": round(100.0 * done / total, 1) if total else None,
+            "elapsed_s": round(elapsed, 1),
+            "mb_per_s": round(rate / (1 << 20), 1),
+            "eta_s": round(remaining / rate, 1) if remaining is not None and rate > 0 else None,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        payload.update(extra)
+        if error:
+            payload["error"] = error
+        return payload
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            self._write("running")
+
+    def _write(self, state, error=None):
+        try:
+            write_json_atomically(self.path, self.status(state, error))
+        except (OSError, ValueError):
+            pass  # progress is advisory; it must never break the conversion
+
+    def __enter__(self):
+        if self.path:
+            self._write("running")
+            self._thread = threading.Thread(target=self._loop, name="xva-progress")
+            self._thread.daemon = True
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._write("failed" if exc is not None else "done", str(exc) if exc is not None else None)
+        return False

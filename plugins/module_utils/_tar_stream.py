@@ -1,0 +1,186 @@
+# -*- coding: utf-8 -*-
+# Copyright: xen2kvm developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A forward-only tar reader for XVA streams.
+
+``tarfile`` keeps a member list that grows with every 1 MiB chunk and wants to seek; an XVA of a
+2 TB disk has two million members and often arrives through a pipe.  This reader keeps nothing
+but the current header: V7 (what xapi writes), ustar/GNU headers (an XVA re-packed with GNU tar),
+GNU long names and pax ``path``/``size`` records.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+BLOCK = 512
+REGULAR_TYPES = (b"0", b"\0", b"7")
+DIRECTORY_TYPE = b"5"
+MAX_LONG_NAME = 64 * 1024
+
+
+class TarFormatError(ValueError):
+    """The stream is not a tar archive or is damaged; the message names the offset."""
+
+
+class TarMember:
+    __slots__ = ("name", "size", "offset")
+
+    def __init__(self, name, size, offset):
+        self.name = name
+        self.size = size
+        self.offset = offset  # stream offset of the member's data
+
+    def __repr__(self):
+        return "TarMember(%r, size=%d, offset=%d)" % (self.name, self.size, self.offset)
+
+
+def _octal_or_base256(field, what, offset):
+    if field[:1] and field[0] & 0x80:
+        # GNU base-256 for sizes of 8 GiB and more: the high bit marks it, the rest is big-endian.
+        return int.from_bytes(bytes([field[0] & 0x7F]) + bytes(field[1:]), "big")
+    text = field.replace(b"\0", b" ").strip()
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise TarFormatError("invalid %s field %r in the tar header at offset %d: not a tar stream or a damaged one"
+                             % (what, bytes(field), offset))
+
+
+def _header_checksum_ok(block):
+    stored = block[148:156].replace(b"\0", b" ").strip()
+    try:
+        expected = int(stored, 8)
+    except ValueError:
+        return False
+    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    signed = sum((b - 256 if b > 127 else b) for b in block[:148]) + 256 + sum(
+        (b - 256 if b > 127 else b) for b in block[156:])
+    return expected in (unsigned, signed)
+
+
+def _c_string(field):
+    return field.split(b"\0", 1)[0]
+
+
+def _decode_name(raw, offset):
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TarFormatError("member name at offset %d is not UTF-8: %r" % (offset, raw[:100]))
+
+
+def _pax_records(data, offset):
+    records = {}
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            break
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise TarFormatError("malformed pax header at offset %d" % offset)
+        if length <= 0 or pos + length > len(data):
+            raise TarFormatError("malformed pax header at offset %d" % offset)
+        key, _sep, value = data[space + 1:pos + length - 1].partition(b"=")
+        records[key.decode("utf-8", "replace")] = value
+        pos += length
+    return records
+
+
+class TarStream:
+    """Read members one after the other from a binary file object (never seeks)."""
+
+    def __init__(self, fileobj):
+        self._file = fileobj
+        self.position = 0          # bytes consumed from the (decompressed) stream
+        self._pending_skip = 0     # unread data + padding of the current member
+        self.ended = False
+
+    def read_exact(self, size, what):
+        data = self._file.read(size)
+        if len(data) != size:
+            parts = [data]
+            have = len(data)
+            while have < size:
+                more = self._file.read(size - have)
+                if not more:
+                    raise TarFormatError("stream truncated: %s needs %d bytes at offset %d, only %d left"
+                                         % (what, size, self.position, have))
+                parts.append(more)
+                have += len(more)
+            data = b"".join(parts)
+        self.position += size
+        return data
+
+    def _skip_pending(self):
+        while self._pending_skip:
+            step = min(self._pending_skip, 1 << 20)
+            self.read_exact(step, "skipping member data")
+            self._pending_skip -= step
+
+    def next_member(self):
+        """The next regular-file member, or None at the end-of-archive marker."""
+        self._skip_pending()
+        long_name = None
+        pax = {}
+        while True:
+            offset = self.position
+            block = self._file.read(BLOCK)
+            if len(block) < BLOCK:
+                while block and len(block) < BLOCK:
+                    more = self._file.read(BLOCK - len(block))
+                    if not more:
+                        break
+                    block += more
+                if not block:
+                    raise TarFormatError("stream truncated at offset %d: the tar end-of-archive marker is missing"
+                                         % offset)
+                if len(block) < BLOCK:
+                    raise TarFormatError("stream truncated inside a tar header at offset %d" % offset)
+            self.position += BLOCK
+            if block == bytes(BLOCK):
+                self.ended = True
+                return None
+            if not _header_checksum_ok(block):
+                raise TarFormatError("bad tar header checksum at offset %d: not a tar stream, or a damaged one"
+                                     % offset)
+            size = _octal_or_base256(block[124:136], "size", offset)
+            typeflag = block[156:157]
+            if typeflag in (b"L", b"x", b"g"):
+                if size > MAX_LONG_NAME:
+                    raise TarFormatError("extended header of %d bytes at offset %d is too large" % (size, offset))
+                data = self.read_exact(size + (-size % BLOCK), "extended header")[:size]
+                if typeflag == b"L":
+                    long_name = _c_string(data)
+                elif typeflag == b"x":
+                    pax.update(_pax_records(data, offset))
+                continue
+            name = long_name if long_name is not None else _c_string(block[0:100])
+            if long_name is None and block[257:262] == b"ustar":
+                prefix = _c_string(block[345:500])
+                if prefix:
+                    name = prefix + b"/" + name
+            if "path" in pax:
+                name = pax["path"]
+            if "size" in pax:
+                size = int(pax["size"])
+            self._pending_skip = size + (-size % BLOCK)
+            if typeflag == DIRECTORY_TYPE:
+                long_name, pax = None, {}
+                self._skip_pending()
+                continue
+            if typeflag not in REGULAR_TYPES:
+                raise TarFormatError("member %r at offset %d has tar type %r; an XVA holds only regular files"
+                                     % (_decode_name(name, offset), offset, typeflag.decode("latin-1")))
+            return TarMember(_decode_name(name, offset), size, self.position)
+
+    def read_member(self, member):
+        """The whole data of ``member`` (which must be the current one)."""
+        padded = member.size + (-member.size % BLOCK)
+        data = self.read_exact(padded, "member %r" % member.name)
+        self._pending_skip = 0
+        return data if padded == member.size else data[:member.size]

@@ -1,0 +1,310 @@
+# -*- coding: utf-8 -*-
+# Copyright: xen2kvm developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One sequential pass over an XVA stream, straight into the disks' image files.
+
+The rules that decide where a chunk lands (docs/xva-format.md): a member's name is a counter,
+not an offset; omitted all-zero chunks advance the counter by one chunk each; zero-length
+keep-alive members advance the counter but not the disk offset.  So the offset is computed
+sequentially: ``offset += gap * chunk_size + len(member)``.
+
+Reading (and decompressing) runs in the calling thread while a worker thread hashes and
+writes, so both cores are busy; the queue between them is short, keeping memory constant.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import hashlib
+import os
+import re
+import threading
+import time
+import zlib
+
+try:
+    import queue
+except ImportError:  # pragma: no cover
+    import Queue as queue
+
+try:
+    import xxhash
+    HAS_XXHASH = True
+except ImportError:
+    xxhash = None
+    HAS_XXHASH = False
+
+from ansible_collections.xen2kvm.migration.plugins.module_utils._ova_xml import (
+    MAX_OVA_XML_BYTES, OvaXmlError, parse_ova_xml, vm_spec)
+from ansible_collections.xen2kvm.migration.plugins.module_utils._tar_stream import TarFormatError, TarStream
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_source import (
+    MissingLibraryError, SourceError)
+
+DEFAULT_CHUNK = 1 << 20
+QUEUE_DEPTH = 8
+_MEMBER_RE = re.compile(r"^(Ref:[^/]+)/(\d+)(\.checksum|\.xxhash)?$")
+_CHECKSUM_FORMATS = {".checksum": re.compile(r"^[0-9a-fA-F]{40}$"), ".xxhash": re.compile(r"^[0-9a-fA-F]{16}$")}
+_ZERO_CHUNK = bytes(DEFAULT_CHUNK)
+
+
+class XvaError(ValueError):
+    """The XVA is invalid or could not be converted; the message names member and offset."""
+
+
+def read_ova_xml(tar):
+    """Read the first member, which must be ova.xml, and return ``(spec, vdi_ids, raw_bytes)``."""
+    try:
+        member = tar.next_member()
+    except TarFormatError as exc:
+        raise XvaError("not an XVA: %s" % exc)
+    if member is None:
+        raise XvaError("not an XVA: the tar stream is empty")
+    if member.name != "ova.xml":
+        raise XvaError("not an XVA: the first member is %r, xapi always writes ova.xml first" % member.name)
+    if member.size > MAX_OVA_XML_BYTES:
+        raise XvaError("ova.xml is %d bytes, more than the %d allowed" % (member.size, MAX_OVA_XML_BYTES))
+    data = tar.read_member(member)
+    try:
+        spec, vdi_ids = vm_spec(parse_ova_xml(data))
+    except (OvaXmlError, UnicodeDecodeError) as exc:
+        raise XvaError("invalid ova.xml: %s" % exc)
+    return spec, vdi_ids, data
+
+
+def check_member_name(name, offset):
+    """Split a disk member name into (folder, counter, suffix), refusing anything unsafe."""
+    if name.startswith("/") or "\\" in name:
+        raise XvaError("member %r at offset %d has an absolute path" % (name, offset))
+    if ".." in name.split("/"):
+        raise XvaError("member %r at offset %d contains '..'" % (name, offset))
+    match = _MEMBER_RE.match(name)
+    if not match:
+        raise XvaError("member %r at offset %d is outside any disk folder" % (name, offset))
+    return match.group(1), int(match.group(2)), match.group(3)
+
+
+def chunk_is_zero(data):
+    if len(data) == DEFAULT_CHUNK:
+        return data == _ZERO_CHUNK
+    return not data.strip(b"\0")
+
+
+def checksum_of(data, suffix):
+    if suffix == ".checksum":
+        return hashlib.sha1(data).hexdigest()
+    return xxhash.xxh64_hexdigest(data).upper() if hasattr(xxhash, "xxh64_hexdigest") else \
+        xxhash.xxh64(data, seed=0).hexdigest().upper()
+
+
+class DiskTarget:
+    """Where one disk's bytes go, and what is known about them while they arrive."""
+
+    def __init__(self, disk, fd, path):
+        self.ref = disk["ref"]
+        self.virtual_size = disk["virtual_size"]
+        self.fd = fd
+        self.path = path
+        self.last_counter = -1
+        self.offset = 0
+        self.chunk_size = None
+        self.chunks = 0
+        self.verified = 0
+        self.unverified = 0
+        self.written = 0          # bytes of the disk already covered (written or skipped)
+        self.started = None
+        self.finished = None
+
+    def place(self, counter, length, name, stream_offset):
+        """The disk offset of a chunk: checks order and bounds, advances the position."""
+        if counter <= self.last_counter:
+            raise XvaError("member %r at offset %d: chunk counter %d does not increase (previous %d)"
+                           % (name, stream_offset, counter, self.last_counter))
+        if length and self.chunk_size is None:
+            self.chunk_size = length
+        elif self.chunk_size is not None and length > self.chunk_size:
+            raise XvaError("member %r at offset %d: chunk of %d bytes is larger than the first chunk (%d)"
+                           % (name, stream_offset, length, self.chunk_size))
+        gap = counter - self.last_counter - 1
+        offset = self.offset + gap * (self.chunk_size or DEFAULT_CHUNK)
+        if offset + length > self.virtual_size:
+            raise XvaError("member %r at offset %d: data reaches byte %d of the disk, past its virtual_size %d"
+                           % (name, stream_offset, offset + length, self.virtual_size))
+        self.last_counter = counter
+        self.offset = offset + length
+        self.chunks += 1
+        if self.started is None:
+            self.started = time.time()
+        return offset
+
+
+class _Writer(threading.Thread):
+    """Hashes, compares and writes chunks handed over by the reading thread."""
+
+    def __init__(self, verify):
+        threading.Thread.__init__(self, name="xva-writer")
+        self.daemon = True
+        self.items = queue.Queue(QUEUE_DEPTH)
+        self.verify = verify
+        self.error = None
+
+    def run(self):
+        while True:
+            item = self.items.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # drain so the reader never blocks on a full queue
+            try:
+                self._handle(*item)
+            except Exception as exc:  # handed to the reading thread, which raises it
+                self.error = exc
+
+    def _handle(self, target, offset, data, suffix, expected, name, stream_offset):
+        if expected is not None:
+            actual = checksum_of(data, suffix)
+            if actual.lower() != expected.lower():
+                raise XvaError("checksum mismatch in member %r at offset %d: expected %s, got %s"
+                               % (name, stream_offset, expected, actual))
+        if data and not chunk_is_zero(data):
+            try:
+                written = os.pwrite(target.fd, data, offset)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise XvaError("disk full writing %s at offset %d" % (target.path, offset))
+                raise XvaError("cannot write %s at offset %d: %s" % (target.path, offset, exc.strerror))
+            if written != len(data):
+                raise XvaError("short write to %s at offset %d (disk full?)" % (target.path, offset))
+        target.written = offset + len(data)
+
+    def put(self, item):
+        if self.error is not None:
+            raise self.error
+        self.items.put(item)
+
+    def finish(self):
+        self.items.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+class XvaReader:
+    """Read the disk members that follow ova.xml into ``targets`` (ref -> DiskTarget)."""
+
+    def __init__(self, tar, targets, known_vdis, verify_checksums=True):
+        self.tar = tar
+        self.targets = targets
+        self.known_vdis = known_vdis
+        self.verify = verify_checksums
+        self._pending = None
+        self.current = None
+
+    def _next(self):
+        if self._pending is not None:
+            member, self._pending = self._pending, None
+            return member
+        return self.tar.next_member()
+
+    def _checksum_for(self, member, target):
+        """Read the checksum member that follows ``member``; None when there is none."""
+        follower = self.tar.next_member()
+        if follower is None or not follower.name.startswith(member.name + "."):
+            self._pending = follower if follower is not None else _END
+            return None, None
+        suffix = follower.name[len(member.name):]
+        if suffix not in _CHECKSUM_FORMATS:
+            raise XvaError("member %r at offset %d is outside any disk folder" % (follower.name, follower.offset))
+        if follower.size > 64:
+            raise XvaError("checksum member %r at offset %d is %d bytes; expected a hex digest"
+                           % (follower.name, follower.offset, follower.size))
+        text = self.tar.read_member(follower).decode("ascii", "replace").strip()
+        if not _CHECKSUM_FORMATS[suffix].match(text):
+            raise XvaError("checksum member %r at offset %d holds %r, not a %s digest"
+                           % (follower.name, follower.offset, text, "SHA-1" if suffix == ".checksum" else "XXH64"))
+        if suffix == ".xxhash" and self.verify and not HAS_XXHASH:
+            raise MissingLibraryError("xxhash (Debian: python3-xxhash)",
+                                      "to verify the .xxhash checksums of this XVA (or set verify_checksums: false)")
+        return suffix, text
+
+    def run(self):
+        writer = _Writer(self.verify)
+        writer.start()
+        try:
+            self._read_all(writer)
+        except BaseException:
+            writer.items.put(None)
+            writer.join()
+            raise
+        writer.finish()
+        self._check_complete()
+
+    def _read_all(self, writer):
+        while True:
+            member = self._next()
+            if member is None or member is _END:
+                return
+            folder, counter, suffix = check_member_name(member.name, member.offset)
+            if folder not in self.known_vdis:
+                raise XvaError("member %r at offset %d is outside any disk folder: ova.xml has no VDI %s"
+                               % (member.name, member.offset, folder))
+            if suffix is not None:
+                raise XvaError("checksum member %r at offset %d does not follow its chunk"
+                               % (member.name, member.offset))
+            target = self.targets.get(folder)
+            if target is None:
+                continue  # a VDI we do not convert (ISO, suspend image): its data is skipped
+            if target is not self.current:
+                self._switch_to(target)
+            offset = target.place(counter, member.size, member.name, member.offset)
+            data = self.tar.read_member(member)
+            csum_suffix, expected = self._checksum_for(member, target)
+            if expected is None:
+                target.unverified += 1
+            else:
+                target.verified += 1
+            writer.put((target, offset, data, csum_suffix, expected if self.verify else None,
+                        member.name, member.offset))
+
+    def _switch_to(self, target):
+        now = time.time()
+        if self.current is not None and self.current.finished is None:
+            self.current.finished = now
+        self.current = target
+
+    def _check_complete(self):
+        for target in self.targets.values():
+            if target.chunks == 0:
+                raise XvaError("disk folder %s is missing from the XVA" % target.ref)
+            if self.verify and target.verified and target.unverified:
+                raise XvaError("disk folder %s: %d chunks have no checksum member while %d do"
+                               % (target.ref, target.unverified, target.verified))
+            target.written = target.virtual_size
+            if target.finished is None:
+                target.finished = time.time()
+
+
+class _EndMarker:
+    pass
+
+
+_END = _EndMarker()
+
+
+def translate_stream_errors(func, *args, **kwargs):
+    """Run ``func``, turning low-level stream errors into XvaError with a clear message."""
+    try:
+        return func(*args, **kwargs)
+    except (XvaError, MissingLibraryError):
+        raise
+    except (TarFormatError, SourceError) as exc:
+        raise XvaError(str(exc))
+    except EOFError as exc:
+        raise XvaError("stream truncated: %s" % exc)
+    except zlib.error as exc:
+        raise XvaError("gzip stream is corrupt: %s" % exc)
+    except OSError as exc:
+        if exc.errno is None:  # gzip.BadGzipFile and friends
+            raise XvaError("compressed stream is corrupt: %s" % exc)
+        raise
