@@ -11,8 +11,6 @@ Offsets and sizes are bytes. Partition numbers follow Linux: primaries and GPT e
 their slot number (1..4 / 1..N), logical partitions inside an extended one count from 5.
 """
 
-from __future__ import absolute_import, division, print_function
-
 import binascii
 import os
 import stat
@@ -20,8 +18,6 @@ import struct
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
-
-__metaclass__ = type
 
 
 class GuestError(Exception):
@@ -174,7 +170,7 @@ def _looks_like_fat_or_ntfs_boot_sector(sector):
     return sector[54:59] == b"FAT12" or sector[54:59] == b"FAT16" or sector[82:87] == b"FAT32"
 
 
-def _is_plausible_mbr(sector, disk_sectors):
+def _is_plausible_mbr(sector):
     if sector[510:512] != MBR_SIGNATURE or _looks_like_fat_or_ntfs_boot_sector(sector):
         return False
     used = 0
@@ -183,12 +179,13 @@ def _is_plausible_mbr(sector, disk_sectors):
             return False
         if ptype == 0:
             continue
-        # Allow a table that claims a little more than the file holds (a truncated copy should
-        # fail loudly later, not be taken for "no partition table").
+        # A slot pointing at sector 0 would overlap the MBR itself: that is boot code or a
+        # boot sector, not a table. (A slot running past the end of a truncated image is still
+        # a table; that must fail loudly later rather than read as "no partitions".)
         if lba == 0 or count == 0:
             return False
         used += 1
-    return used > 0 or disk_sectors == 0
+    return used > 0
 
 
 def _read_logical_partitions(fobj, extended, disk_id, disk_bytes):
@@ -524,9 +521,12 @@ def read_partition_table(path):
         entries = _mbr_entries(head)
         if head[510:512] == MBR_SIGNATURE and any(e[1] == MBR_GPT_PROTECTIVE for e in entries):
             return _read_gpt(fobj, disk_bytes)
-        if _is_plausible_mbr(head, disk_bytes // SECTOR):
+        if _is_plausible_mbr(head):
             return _read_mbr(fobj, head, disk_bytes)
         bare = _probe_filesystem_in(fobj, 0)
+        if bare is None and head[510:512] == MBR_SIGNATURE and not any(head[446:510]):
+            # A freshly written, empty DOS label.
+            return _read_mbr(fobj, head, disk_bytes)
         return DiskLayout(path=path, size=disk_bytes, scheme="none", bare_filesystem=bare)
 
 

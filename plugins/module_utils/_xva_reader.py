@@ -18,6 +18,7 @@ __metaclass__ = type
 
 import errno
 import hashlib
+import http.client
 import os
 import re
 import threading
@@ -302,6 +303,8 @@ def translate_stream_errors(func, *args, **kwargs):
         raise XvaError(str(exc))
     except EOFError as exc:
         raise XvaError("stream truncated: %s" % exc)
+    except http.client.HTTPException as exc:
+        raise XvaError("HTTP stream broken off (truncated): %r" % exc)
     except zlib.error as exc:
         raise XvaError("gzip stream is corrupt: %s" % exc)
     except OSError as exc:

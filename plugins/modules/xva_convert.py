@@ -73,6 +73,7 @@ attributes:
 notes:
   - The source is read sequentially, so a pipe or an HTTP stream works as well as a file.
   - C(qcow2) output needs C(qemu-img) (Debian C(qemu-utils)) and temporary space for the raw image.
+  - qcow2 sizes are whole 512-byte sectors; a VDI whose size is not is rounded up with zeros.
 requirements:
   - xxhash (Debian python3-xxhash) to verify C(.xxhash) checksums (XenServer 8.1 / XCP-ng 8.1 and later)
   - zstandard (Debian python3-zstandard) to read zstd-compressed exports

@@ -1,0 +1,286 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: xen2kvm developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: kvm_domain
+short_description: Define a libvirt/KVM domain for a VM migrated from XenServer / XCP-ng
+version_added: "0.1.0"
+description:
+  - Builds a libvirt domain from the collection's VM C(spec) (see docs/spec.md) and the converted
+    disk images, and defines it, starts it or removes it.
+  - Disks are virtio (C(vda), C(vdb), ... in C(userdevice) order), NICs are virtio with the source
+    MAC addresses in C(device) order, mapped to libvirt networks or bridges through O(network_map).
+    The domain gets a serial console logged to C(/var/log/libvirt/qemu/NAME-serial.log), a QEMU
+    guest agent channel, a virtio RNG and balloon, and C(x2k) metadata recording the source VM.
+  - Idempotent. If the domain exists, its UUID, its recorded migration time and its versioned
+    machine type are kept. On a real run the XML is always defined and the module reports a
+    change only when libvirt's stored definition changed. In check mode it compares the new XML
+    with the stored one, looking only at the elements and attributes the module writes.
+  - A domain with the same name that was not created by this collection, or that was migrated
+    from another Xen VM, is never overwritten or removed unless O(force=true).
+author:
+  - xen2kvm developers
+attributes:
+  check_mode:
+    support: full
+    description: Predicts the change without defining, moving images, starting or removing.
+  diff_mode:
+    support: full
+    description: Returns the stored inactive XML before and after (in check mode, both reduced to
+      the elements the module writes).
+options:
+  uri:
+    description: libvirt connection URI.
+    type: str
+    default: qemu:///system
+  spec:
+    description:
+      - The VM spec returned by C(xva_info) or C(xva_convert).
+      - Required unless O(state=absent).
+    type: dict
+  disks:
+    description:
+      - The disk images in order. Each item is a path, or a dict with C(path) and optionally
+        C(format) (V(raw) or V(qcow2)), C(userdevice) and C(ref) (the C(disks) list that
+        C(xva_convert) returns fits as it is).
+      - When every item has C(userdevice), the list is sorted by it; otherwise the given order is
+        kept. The first becomes C(vda). Read-only and bootable flags come from the matching
+        C(spec.disks) entry (by C(ref), then C(userdevice)).
+      - Without C(format), the format comes from the file name (C(.qcow2), C(.raw)), else from the
+        file header. qcow2 images with a backing file are refused.
+    type: list
+    elements: raw
+    default: []
+  network_map:
+    description:
+      - Maps a Xen network (its name_label, or its bridge such as C(xenbr0)) to where the NIC goes
+        on the KVM host, one of C({"network": NAME}) (a libvirt network), C({"bridge": BR}) (a
+        host bridge) or the string V(user) (QEMU user-mode networking).
+      - A NIC whose network is in neither the map nor O(default_network) fails the module, listing
+        every unmapped network.
+    type: dict
+    default: {}
+  default_network:
+    description:
+      - Where NICs go whose Xen network is not in O(network_map). A libvirt network name, V(user),
+        or a dict as in O(network_map).
+    type: raw
+  domain_type:
+    description: libvirt domain type; V(qemu) is software emulation (TCG), for tests.
+    type: str
+    choices: [kvm, qemu]
+    default: kvm
+  name:
+    description:
+      - Domain name. Letters, digits, C(.), C(_), C(+) and C(-), at most 64 characters.
+      - Defaults to the spec's name with other characters replaced by C(-).
+    type: str
+  vcpus:
+    description: Number of vCPUs, instead of C(spec.vcpus).
+    type: int
+  memory_mib:
+    description: Memory in MiB, instead of C(spec.memory_mib).
+    type: int
+  machine:
+    description:
+      - QEMU machine type. Defaults to V(pc) for BIOS guests (widest compatibility with old
+        guests) and V(q35) for UEFI guests. An existing domain keeps its versioned machine type
+        (for example C(pc-i440fx-7.2)) when it is a version of the requested one.
+    type: str
+  firmware:
+    description:
+      - V(bios) (SeaBIOS) or V(uefi) (OVMF chosen by libvirt's firmware autoselection, secure boot
+        off), instead of C(spec.firmware).
+    type: str
+    choices: [bios, uefi]
+  graphics:
+    description: V(vnc) adds a VNC display listening on 127.0.0.1 only, and a VGA adapter.
+    type: str
+    choices: [none, vnc]
+    default: none
+  migrated_at:
+    description:
+      - The migration time recorded in the metadata (ISO 8601 UTC). Defaults to the time recorded
+        in the existing domain, or now for a new one.
+    type: str
+  state:
+    description:
+      - V(defined) defines the domain, V(running) also starts it when it is not running,
+        V(absent) stops it if running and undefines it (with its NVRAM).
+    type: str
+    choices: [defined, running, absent]
+    default: defined
+  autostart:
+    description: Whether libvirt starts the domain when the host boots. Left as it is when unset.
+    type: bool
+  force:
+    description: Overwrite or remove a domain of the same name that this collection did not create
+      from this spec.
+    type: bool
+    default: false
+  pool:
+    description:
+      - Name of a libvirt storage pool of type C(dir) (or C(fs)/C(netfs)). The images are moved
+        (see O(pool_action)) into its target directory under their file names, made mode 0600 and
+        owned by the pool's target owner/group when those are set and not root, else by
+        C(libvirt-qemu:kvm); then the pool is refreshed. An image already there is left alone.
+    type: str
+  pool_action:
+    description: Whether O(pool) moves or copies the images (copies are sparse).
+    type: str
+    choices: [move, copy]
+    default: move
+  remove_disks:
+    description: With O(state=absent), also delete the domain's disk images (through the storage
+      pool when an image is a pool volume). They are kept by default.
+    type: bool
+    default: false
+notes:
+  - Requires libvirt-python (Debian C(python3-libvirt)) on the target host.
+  - A new domain gets the Xen VM's uuid as its libvirt uuid (so the guest keeps its SMBIOS system
+    uuid) unless another domain already uses it.
+  - Changing a running domain changes its stored definition only; RV(restart_needed) tells when it
+    needs a restart to take effect.
+seealso:
+  - module: xen2kvm.migration.kvm_boot_check
+  - module: xen2kvm.migration.xva_convert
+"""
+
+EXAMPLES = r"""
+- name: Define the migrated VM on the default libvirt network
+  xen2kvm.migration.kvm_domain:
+    spec: "{{ converted.spec }}"
+    disks: "{{ converted.disks }}"
+    network_map:
+      "Pool-wide network associated with eth0": {network: default}
+      xenbr1: {bridge: br-dmz}
+    state: running
+    autostart: true
+
+- name: Move the images into the 'vms' pool and use user-mode networking for every NIC
+  xen2kvm.migration.kvm_domain:
+    spec: "{{ converted.spec }}"
+    disks:
+      - /srv/convert/web01-disk0.qcow2
+      - {path: /srv/convert/web01-disk1.img, format: raw}
+    default_network: user
+    pool: vms
+    memory_mib: 4096
+    graphics: vnc
+
+- name: Remove the test domain, keeping its images
+  xen2kvm.migration.kvm_domain:
+    name: web01
+    state: absent
+"""
+
+RETURN = r"""
+domain:
+  description: The domain after the run.
+  returned: always
+  type: dict
+  contains:
+    name:
+      description: Domain name.
+      type: str
+      sample: TestVM01
+    uuid:
+      description: Domain UUID (empty when absent).
+      type: str
+      sample: 0f5e1c2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b
+    state:
+      description: libvirt state (running, shutoff, paused, ...), or absent.
+      type: str
+      sample: shutoff
+xml:
+  description: The stored inactive domain XML; in check mode the XML that would be defined;
+    empty for O(state=absent).
+  returned: success
+  type: str
+changed:
+  description: Whether the stored definition, the images' location, the running state or autostart
+    changed (or would change, in check mode).
+  returned: always
+  type: bool
+xml_changed:
+  description: Whether the stored definition changed (or would).
+  returned: when O(state) is not V(absent)
+  type: bool
+started:
+  description: Whether the domain was started.
+  returned: when O(state) is not V(absent)
+  type: bool
+restart_needed:
+  description: The definition of a running domain changed; restart it to apply the change.
+  returned: when O(state) is not V(absent)
+  type: bool
+disks:
+  description: The disk images used, with their final paths and formats.
+  returned: when O(state) is not V(absent)
+  type: list
+  elements: dict
+  sample: [{path: /var/lib/libvirt/images/TestVM01-disk0.qcow2, format: qcow2}]
+placed:
+  description: Images moved or copied into O(pool) (C(src), C(dest), C(action)).
+  returned: when O(state) is not V(absent)
+  type: list
+  elements: dict
+removed_disks:
+  description: Images deleted with O(remove_disks=true).
+  returned: when O(state=absent)
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt_domain import (
+    KvmDomainError, require_libvirt, run)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            uri=dict(type="str", default="qemu:///system"),
+            spec=dict(type="dict"),
+            disks=dict(type="list", elements="raw", default=[]),
+            network_map=dict(type="dict", default={}),
+            default_network=dict(type="raw"),
+            domain_type=dict(type="str", choices=["kvm", "qemu"], default="kvm"),
+            name=dict(type="str"),
+            vcpus=dict(type="int"),
+            memory_mib=dict(type="int"),
+            machine=dict(type="str"),
+            firmware=dict(type="str", choices=["bios", "uefi"]),
+            graphics=dict(type="str", choices=["none", "vnc"], default="none"),
+            migrated_at=dict(type="str"),
+            state=dict(type="str", choices=["defined", "running", "absent"], default="defined"),
+            autostart=dict(type="bool"),
+            force=dict(type="bool", default=False),
+            pool=dict(type="str"),
+            pool_action=dict(type="str", choices=["move", "copy"], default="move"),
+            remove_disks=dict(type="bool", default=False),
+        ),
+        required_if=[("state", "defined", ["spec"]), ("state", "running", ["spec"])],
+        required_one_of=[("spec", "name")],
+        supports_check_mode=True,
+    )
+    require_libvirt(module)
+    try:
+        result = run(module.params, check_mode=module.check_mode)
+    except KvmDomainError as exc:
+        module.fail_json(msg=str(exc), **exc.details)
+    diff = result.pop("diff")
+    if module._diff:
+        result["diff"] = diff
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""The streaming XVA reader against every shape the test writer produces (docs/xva-format.md)."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xva_writer import VM, Disk, Nic, write_xva
+
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_convert import convert_xva, xva_info
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_reader import XvaError
+
+MiB = 1 << 20
+
+
+def sparse_disk(chunks, size=None, seed=1):
+    """Bytes of a disk: ``chunks`` maps a 1 MiB index to a fill pattern; None → random."""
+    size = size if size is not None else (max(chunks) + 1) * MiB
+    data = bytearray(size)
+    for index, fill in chunks.items():
+        start = index * MiB
+        end = min(start + MiB, size)
+        if fill is None:
+            data[start:end] = hashlib.shake_256(b"%d-%d" % (seed, index)).digest(end - start)
+        else:
+            data[start:end] = bytes([fill]) * (end - start)
+    return bytes(data)
+
+
+def image_bytes(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def leftovers(dest):
+    return sorted(name for name in os.listdir(dest)) if os.path.isdir(dest) else []
+
+
+@pytest.fixture
+def two_disk_vm():
+    root = sparse_disk({0: None, 1: 0, 3: None, 4: 7}, size=5 * MiB + 12345)
+    data = sparse_disk({0: None, 2: None}, size=3 * MiB)
+    return VM(name="Test VM/01", vcpus=2, memory_bytes=1536 * MiB,
+              disks=[Disk(image=data, userdevice=1, device="xvdb", ref=9),
+                     Disk(image=root, userdevice=0, device="xvda", bootable=True, ref=10)],
+              nics=[Nic(device=1, mac="AA:00:00:00:00:02"), Nic(device=0, mac="aa:00:00:00:00:01")])
+
+
+@pytest.mark.parametrize("checksum", ["sha1", "xxhash", None])
+@pytest.mark.parametrize("compression", [None, "gzip", "zstd"])
+def test_every_disk_is_rebuilt_byte_for_byte(tmp_path, two_disk_vm, checksum, compression):
+    xva = tmp_path / "vm.xva"
+    write_xva(str(xva), two_disk_vm, checksum=checksum, compression=compression, keepalives={0: 2, 1: 1})
+    result = convert_xva(str(xva), str(tmp_path / "out"))
+    disks = result["disks"]
+    assert [d["userdevice"] for d in disks] == [0, 1]
+    assert [os.path.basename(d["path"]) for d in disks] == ["Test_VM_01-disk0.raw", "Test_VM_01-disk1.raw"]
+    assert image_bytes(disks[0]["path"]) == two_disk_vm.disks[1].image
+    assert image_bytes(disks[1]["path"]) == two_disk_vm.disks[0].image
+    assert disks[0]["virtual_size"] == 5 * MiB + 12345 == os.path.getsize(disks[0]["path"])
+    assert all(d["checksums_verified"] is (checksum is not None) for d in disks)
+    assert result["compression"] == (compression or "none")
+    assert leftovers(tmp_path / "out") == sorted(
+        ["Test_VM_01-disk0.raw", "Test_VM_01-disk1.raw", ".Test_VM_01-disk0.raw.xen2kvm.json"])
+
+
+def test_output_is_sparse_for_omitted_and_present_zero_chunks(tmp_path):
+    content = sparse_disk({0: None, 40: None}, size=64 * MiB)
+    vm = VM(disks=[Disk(image=content)])
+    for keep_zero in (False, True):
+        xva = tmp_path / ("z%d.xva" % keep_zero)
+        write_xva(str(xva), vm, keep_zero_chunks=keep_zero)
+        disk = convert_xva(str(xva), str(tmp_path / ("o%d" % keep_zero)))["disks"][0]
+        assert image_bytes(disk["path"]) == content
+        assert disk["allocated_bytes"] <= 3 * MiB
+
+
+def test_keepalives_advance_the_counter_not_the_offset(tmp_path):
+    content = sparse_disk({i: None for i in range(6)}, size=6 * MiB - 100)
+    xva = tmp_path / "k.xva"
+    write_xva(str(xva), VM(disks=[Disk(image=content)]), keepalives={0: 1})
+    disk = convert_xva(str(xva), str(tmp_path / "o"))["disks"][0]
+    assert image_bytes(disk["path"]) == content
+    assert disk["chunks"] > 6  # the keep-alives were read as members
+
+
+def test_info_reads_only_ova_xml(tmp_path, two_disk_vm):
+    xva = tmp_path / "i.xva"
+    write_xva(str(xva), two_disk_vm, checksum="sha1")
+    with open(xva, "r+b") as handle:  # spoil the disk data: info must not notice
+        handle.seek(os.path.getsize(xva) // 2)
+        handle.write(b"garbage")
+    spec = xva_info(str(xva))["spec"]
+    assert spec["name"] == "Test VM/01" and spec["vcpus"] == 2 and spec["memory_mib"] == 1536
+    assert [d["device"] for d in spec["disks"]] == ["xvda", "xvdb"]
+    assert [n["mac"] for n in spec["nics"]] == ["aa:00:00:00:00:01", "aa:00:00:00:00:02"]
+    assert spec["disks"][0]["ref"] == "Ref:10" and spec["disks"][0]["bootable"] is True
+
+
+def test_info_skips_cd_iso_and_suspend_vdis(tmp_path):
+    vm = VM(cd_drive=True, disks=[Disk(image=bytes(MiB), userdevice=0),
+                                  Disk(image=bytes(MiB), userdevice=3, sr_content_type="iso"),
+                                  Disk(image=bytes(MiB), userdevice=4, vdi_type="suspend")])
+    xva = tmp_path / "cd.xva"
+    write_xva(str(xva), vm)
+    spec = xva_info(str(xva))["spec"]
+    assert [d["userdevice"] for d in spec["disks"]] == [0]
+    assert convert_xva(str(xva), str(tmp_path / "o"))["disks"][0]["virtual_size"] == MiB
+
+
+def test_info_understands_old_exports_and_hvm_uefi(tmp_path):
+    old = VM(domain_type=None, pv_bootloader="pygrub", legacy_types=True, tags=["web", "prod"],
+             cores_per_socket=2, vcpus=4, vcpus_max=4, disks=[Disk(image=bytes(MiB))])
+    write_xva(str(tmp_path / "old.xva"), old)
+    spec = xva_info(str(tmp_path / "old.xva"))["spec"]
+    assert spec["xen_domain_type"] == "pv" and spec["tags"] == ["web", "prod"] and spec["cores_per_socket"] == 2
+    hvm = VM(domain_type="hvm", firmware="uefi", pv_bootloader="", pv_args="", disks=[Disk(image=bytes(MiB))])
+    write_xva(str(tmp_path / "hvm.xva"), hvm, compression="zstd")
+    info = xva_info(str(tmp_path / "hvm.xva"))
+    assert info["spec"]["xen_domain_type"] == "hvm" and info["spec"]["firmware"] == "uefi"
+    assert info["compression"] == "zstd"
+
+
+FAULTS = {
+    "corrupt_chunk": "checksum mismatch",
+    "truncate": "truncated",
+    "not_tar": "not an XVA",
+    "first_not_ova": "first member",
+    "bad_ova_xml": "invalid ova.xml",
+    "oversized_ova_xml": "more than the",
+    "dotdot_name": "'..'",
+    "absolute_name": "absolute path",
+    "outside_folder": "outside any disk folder",
+    "counter_repeat": "does not increase",
+    "counter_decrease": "does not increase",
+    "past_virtual_size": "past its virtual_size",
+    "chunk_larger": "larger than the first chunk",
+    "missing_folder": "missing from the XVA",
+    "bad_checksum_format": "not a",
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_bad_input_fails_clearly_and_leaves_nothing(tmp_path, fault, compression):
+    content = sparse_disk({0: None, 1: None, 3: None, 5: None}, size=6 * MiB)
+    vm = VM(disks=[Disk(image=content, userdevice=0), Disk(image=content[:2 * MiB], userdevice=1)])
+    xva = tmp_path / "bad.xva"
+    write_xva(str(xva), vm, checksum="sha1", compression=compression, fault=fault)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(XvaError) as caught:
+        convert_xva(str(xva), str(dest))
+    assert FAULTS[fault] in str(caught.value)
+    assert leftovers(dest) == []
+    assert not os.path.exists("/etc/x")
+
+
+def test_gzip_corruption_is_reported(tmp_path):
+    xva = tmp_path / "g.xva"
+    write_xva(str(xva), VM(disks=[Disk(image=sparse_disk({0: None, 1: None}))]), compression="gzip")
+    raw = bytearray(xva.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    xva.write_bytes(bytes(raw))
+    with pytest.raises(XvaError, match="corrupt|checksum|truncated"):
+        convert_xva(str(xva), str(tmp_path / "o"))
+    assert leftovers(tmp_path / "o") == []
+
+
+def test_rerun_is_unchanged_and_force_converts_again(tmp_path, two_disk_vm):
+    xva = tmp_path / "r.xva"
+    write_xva(str(xva), two_disk_vm)
+    first = convert_xva(str(xva), str(tmp_path / "o"))
+    assert first["changed"] is True
+    second = convert_xva(str(xva), str(tmp_path / "o"))
+    assert second["changed"] is False and second["disks"] == first["disks"]
+    assert convert_xva(str(xva), str(tmp_path / "o"), check_mode=True)["changed"] is False
+    assert convert_xva(str(xva), str(tmp_path / "o"), force=True)["changed"] is True
+    os.truncate(first["disks"][1]["path"], 10)  # a damaged image is converted again
+    assert convert_xva(str(xva), str(tmp_path / "o"))["changed"] is True
+    assert image_bytes(first["disks"][1]["path"]) == two_disk_vm.disks[0].image
+
+
+def test_check_mode_plans_without_writing(tmp_path, two_disk_vm):
+    xva = tmp_path / "c.xva"
+    write_xva(str(xva), two_disk_vm)
+    result = convert_xva(str(xva), str(tmp_path / "o"), fmt="qcow2", check_mode=True)
+    assert result["changed"] is True
+    assert [d["path"] for d in result["disks"]] == [str(tmp_path / "o" / "Test_VM_01-disk0.qcow2"),
+                                                     str(tmp_path / "o" / "Test_VM_01-disk1.qcow2")]
+    assert not (tmp_path / "o").exists()
+
+
+def test_foreign_file_is_not_overwritten_without_force(tmp_path):
+    xva = tmp_path / "f.xva"
+    write_xva(str(xva), VM(name="vm", disks=[Disk(image=sparse_disk({0: None}))]))
+    dest = tmp_path / "o"
+    dest.mkdir()
+    (dest / "vm-disk0.raw").write_bytes(b"precious")
+    with pytest.raises(XvaError, match="already exists"):
+        convert_xva(str(xva), str(dest))
+    assert (dest / "vm-disk0.raw").read_bytes() == b"precious"
+    convert_xva(str(xva), str(dest), force=True)
+    assert os.path.getsize(dest / "vm-disk0.raw") == MiB
+
+
+def test_qcow2_output_passes_qemu_img_check(tmp_path, two_disk_vm):
+    xva = tmp_path / "q.xva"
+    two_disk_vm.disks[0].vdi_uuid = "0b9b7a52-6a5d-4c8e-9c1e-000000000001"
+    two_disk_vm.disks[1].vdi_uuid = "0b9b7a52-6a5d-4c8e-9c1e-000000000002"
+    write_xva(str(xva), two_disk_vm, compression="zstd")
+    disks = convert_xva(str(xva), str(tmp_path / "o"), fmt="qcow2", name_template="{vdi_uuid}.{format}")["disks"]
+    for disk, source in zip(disks, (two_disk_vm.disks[1], two_disk_vm.disks[0])):
+        assert os.path.basename(disk["path"]) == source.vdi_uuid + ".qcow2"
+        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", disk["path"]], check=True,
+                                         stdout=subprocess.PIPE).stdout)
+        # qcow2 counts whole 512-byte sectors, so an odd VDI size is rounded up with zeros.
+        assert info["format"] == "qcow2" and info["virtual-size"] == -(-disk["virtual_size"] // 512) * 512
+        raw = tmp_path / "back.raw"
+        subprocess.run(["qemu-img", "convert", "-O", "raw", disk["path"], str(raw)], check=True)
+        back = image_bytes(raw)
+        assert back[:disk["virtual_size"]] == source.image and not back[disk["virtual_size"]:].strip(b"\0")
+    assert not [n for n in leftovers(tmp_path / "o") if ".xen2kvm-part" in n]
+
+
+def test_reads_from_a_pipe(tmp_path, two_disk_vm):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=write_xva, args=(str(fifo), two_disk_vm), kwargs={"compression": "gzip"})
+    feeder.start()
+    result = convert_xva(str(fifo), str(tmp_path / "o"))
+    feeder.join()
+    assert image_bytes(result["disks"][0]["path"]) == two_disk_vm.disks[1].image
+
+
+def test_reads_from_stdin_dash(tmp_path, two_disk_vm):
+    xva = tmp_path / "s.xva"
+    write_xva(str(xva), two_disk_vm, compression="zstd")
+    code = ("import sys, json; sys.path[:0] = %r;"
+            "from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_convert import convert_xva;"
+            "print(json.dumps(convert_xva('-', %r)['disks']))") % (
+        [p for p in sys.path if p.endswith("collections")], str(tmp_path / "o"))
+    with open(xva, "rb") as stdin:
+        out = subprocess.run([sys.executable, "-c", code], stdin=stdin, check=True, stdout=subprocess.PIPE).stdout
+    disks = json.loads(out)
+    assert image_bytes(disks[1]["path"]) == two_disk_vm.disks[0].image
+
+
+def test_status_file_reports_progress(tmp_path):
+    content = sparse_disk({i: None for i in range(0, 64, 3)}, size=64 * MiB)
+    xva = tmp_path / "p.xva"
+    write_xva(str(xva), VM(disks=[Disk(image=content)]), compression="gzip")
+    status = tmp_path / "status.json"
+    seen = []
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            if status.exists():
+                seen.append(json.loads(status.read_text()))
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    convert_xva(str(xva), str(tmp_path / "o"), status_file=str(status))
+    stop.set()
+    poller.join()
+    final = json.loads(status.read_text())
+    assert final["state"] == "done" and final["bytes_done"] == final["bytes_total"] == 64 * MiB
+    assert final["percent"] == 100.0 and final["mb_per_s"] > 0
+    assert {"eta_s", "stream_bytes_read", "updated"} <= set(final)
+    assert seen and seen[0]["state"] in ("running", "done")
+
+
+def test_disk_full_fails_cleanly(tmp_path):
+    dest = tmp_path / "small"
+    dest.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(dest)], check=True)
+    try:
+        content = sparse_disk({i: None for i in range(8)}, size=8 * MiB)
+        xva = tmp_path / "full.xva"
+        write_xva(str(xva), VM(disks=[Disk(image=content)]))
+        with pytest.raises(XvaError, match="disk full"):
+            convert_xva(str(xva), str(dest))
+        assert leftovers(dest) == []
+    finally:
+        subprocess.run(["umount", str(dest)], check=True)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layout=st.dictionaries(st.integers(0, 11), st.one_of(st.none(), st.integers(0, 3)), max_size=8),
+       tail=st.integers(0, MiB - 1), checksum=st.sampled_from(["sha1", "xxhash", None]),
+       compression=st.sampled_from([None, "gzip", "zstd"]), keep_zero=st.booleans(),
+       keepalive=st.one_of(st.none(), st.integers(1, 4)))
+def test_round_trip_of_random_sparse_disks(tmp_path, layout, tail, checksum, compression, keep_zero, keepalive):
+    size = 12 * MiB + tail
+    content = sparse_disk(layout, size=size, seed=len(layout))
+    work = tmp_path / ("rt-%d" % time.monotonic_ns())
+    work.mkdir()
+    xva = work / "rt.xva"
+    write_xva(str(xva), VM(disks=[Disk(image=content)]), checksum=checksum, compression=compression,
+              keep_zero_chunks=keep_zero, keepalives={0: keepalive} if keepalive else None)
+    disk = convert_xva(str(xva), str(work / "o"))["disks"][0]
+    assert image_bytes(disk["path"]) == content
