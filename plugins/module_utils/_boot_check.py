@@ -146,10 +146,10 @@ def boot_check(params, check_mode=False, clock=time.monotonic, sleep=time.sleep)
                     % (params["name"], elapsed, tail(lines)), tail=tail(lines),
                     started=result["started"], changed=result["changed"])
             if elapsed >= timeout:
-                what = {"login": "a login prompt", "agent": "the guest agent",
-                        "any": "a login prompt or the guest agent"}[wait_for]
+                what = {"login": "no login prompt", "agent": "no answer from the guest agent",
+                        "any": "neither a login prompt nor the guest agent"}[wait_for]
                 raise BootCheckError(
-                    "domain %s: no %s after %.0f s; last console lines (%s):\n%s"
+                    "domain %s: %s after %.0f s; last console lines (%s):\n%s"
                     % (params["name"], what, elapsed, log_path or "no console log", tail(lines)),
                     tail=tail(lines), started=result["started"], changed=result["changed"],
                     seconds=round(elapsed, 1))

@@ -345,8 +345,8 @@ class GuestMount:
 
     def __enter__(self):
         self._preflight()
-        self._install_signal_handlers()
         try:
+            self._install_signal_handlers()
             self._setup()
         except BaseException:
             self._active = False
@@ -460,9 +460,7 @@ class GuestMount:
                       if v.loop is not None and v.fs.type != "vfat"]
         if self.root_hint:
             for volume in self.volumes:
-                if volume.name == self.root_hint or (
-                        volume.number is not None and self.root_hint == "%s%d" % (
-                            self.devices[volume.disk_index], volume.number)):
+                if self.root_hint in (volume.name, "/dev/" + volume.name):
                     if volume.loop is None:
                         raise GuestError("%s (%s) cannot be mounted as the root filesystem"
                                          % (volume.name, volume.fs.type if volume.fs else "no filesystem"))
