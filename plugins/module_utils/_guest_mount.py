@@ -31,8 +31,8 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_inspect i
     resolve_guest_path,
 )
 from ansible_collections.xen2kvm.migration.plugins.module_utils._loop import (
+    LoopDevice,
     attach,
-    loop_status,
     loops_for_file,
 )
 from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table import (
@@ -119,14 +119,6 @@ def _mounted_device_numbers():
                 major, minor = fields[2].split(":")
                 numbers.add(os.makedev(int(major), int(minor)))
     return numbers
-
-
-def _letters_index(letters):
-    """xvda -> 0, xvdz -> 25, xvdaa -> 26 (the kernel's sd/xvd naming)."""
-    index = 0
-    for char in letters:
-        index = index * 26 + (ord(char) - ord("a") + 1)
-    return index - 1
 
 
 def _processes_using(path):
@@ -255,6 +247,7 @@ class GuestMount:
         self._cleaning = False
         self._pending_signal = None
         self._active = False
+        self._active_setup = False  # set once setup starts changing things
 
     # ----------------------------------------------------------------- public view
 
@@ -349,13 +342,19 @@ class GuestMount:
             self._install_signal_handlers()
             self._setup()
         except BaseException:
-            self._active = False
-            self._cleanup(failing=True)
+            try:
+                self._cleaning = True
+            finally:
+                self._cleanup(failing=True)
             raise
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self._cleanup(failing=exc_type is not None)
+        try:
+            # From here on a termination signal is deferred, not raised (see _on_signal).
+            self._cleaning = True
+        finally:
+            self._cleanup(failing=exc_type is not None)
         return False
 
     # ----------------------------------------------------------------- preflight
@@ -395,6 +394,7 @@ class GuestMount:
 
     def _setup(self):
         self._active = True
+        self._active_setup = True
         self._tmpdir = self._make_tmpdir()
         self.root = self._tmpdir
         self._collect_volumes()
@@ -468,8 +468,13 @@ class GuestMount:
             raise GuestError("root device %s is not on these disks (have: %s)"
                              % (self.root_hint, ", ".join(v.name for v in self.volumes)))
         roots = []
+        unmountable = []
         for volume in candidates:
-            self._mount_volume(volume, self.root, "/", kind="probe", probe=True)
+            try:
+                self._mount_volume(volume, self.root, "/", kind="probe", probe=True)
+            except GuestError as exc:
+                unmountable.append(str(exc))  # e.g. features this host kernel lacks
+                continue
             try:
                 if looks_like_root(self.root):
                     roots.append(volume)
@@ -480,11 +485,15 @@ class GuestMount:
         if not roots:
             found = ", ".join("%s: %s" % (v.name, v.fs.type if v.fs else "unknown")
                               for v in self.volumes) or "no partitions"
-            hint = ""
+            hints = []
             if any(v.fs is not None and v.fs.type == "LVM2_member" for v in self.volumes):
-                hint = "; the root filesystem may be on LVM, which cannot be activated here"
+                hints.append("the root filesystem may be on LVM, which cannot be activated here")
+            if any(v.fs is not None and v.fs.type == "crypto_LUKS" for v in self.volumes):
+                hints.append("encrypted (LUKS) volumes are not supported")
+            hints.extend(unmountable)
             raise GuestError("no root filesystem (one with /etc/fstab and /etc/os-release) "
-                             "found on %s (%s)%s" % (", ".join(self.disks), found, hint))
+                             "found on %s (%s)%s" % (", ".join(self.disks), found,
+                                                     "".join("; " + h for h in hints)))
         raise GuestError("several root filesystems found (%s): pass root= to choose one"
                          % ", ".join(v.name for v in roots))
 
@@ -616,13 +625,24 @@ class GuestMount:
                                   "supported)" % volume.name)
                 continue
             target = resolve_guest_path(self.root, mountpoint)
+            if not os.path.lexists(target) and not self.readonly:
+                # systemd creates missing mount points at boot too.
+                os.makedirs(target, mode=0o755)
             if not os.path.isdir(target):
                 if mountpoint in ESSENTIAL_MOUNTPOINTS:
                     raise GuestError("the guest has no directory %s to mount %s on"
                                      % (mountpoint, volume.name))
                 self._skip(entry, "mount point directory is missing in the guest")
                 continue
-            self._mount_volume(volume, target, mountpoint, kind="fstab")
+            try:
+                self._mount_volume(volume, target, mountpoint, kind="fstab")
+            except GuestError as exc:
+                # e.g. a host kernel without vfat for /boot/efi: the fixups that need it
+                # can see it in skipped_fstab; the ones that need /boot or /usr cannot run.
+                if mountpoint in ESSENTIAL_MOUNTPOINTS:
+                    raise
+                self._skip(entry, str(exc))
+                continue
             mounted_volumes.add(volume.name)
 
     def _skip(self, entry, reason):
@@ -686,12 +706,17 @@ class GuestMount:
         try:
             if self.root:
                 self._kill_chroot_processes()
-            for record in reversed(list(self._mounts)):
+            for record in list(reversed(self._mounts)):
                 try:
                     self._umount_record(record)
                 except Exception as exc:  # keep going: every mount and loop gets its chance
                     errors.append(str(exc))
-            for loop in reversed(self._loops):
+            for record in self._unrecorded_mounts():
+                try:
+                    self._umount_record(record)
+                except Exception as exc:
+                    errors.append(str(exc))
+            for loop in reversed(self._loops + self._unrecorded_loops()):
                 try:
                     if not loop.detach():
                         self.cleanup_warnings.append(
@@ -700,6 +725,7 @@ class GuestMount:
                 except Exception as exc:
                     errors.append(str(exc))
             self._loops = []
+            self._active_setup = False
             if self._tmpdir:
                 try:
                     still = [p for p in host_mount_points()
@@ -724,6 +750,36 @@ class GuestMount:
             self.cleanup_warnings.extend(errors)
             if not failing:
                 raise GuestError("cleanup incomplete: " + "; ".join(errors))
+
+    def _unrecorded_mounts(self):
+        """Mounts under our temp dir we have no record of, innermost first.
+
+        A signal can land between a successful mount(8) and our bookkeeping; the temp dir is
+        ours alone, so whatever is mounted below it is ours to unmount.
+        """
+        if not self._tmpdir:
+            return []
+        known = set(m["target"] for m in self._mounts)
+        stray = [p for p in host_mount_points()
+                 if (p == self._tmpdir or p.startswith(self._tmpdir + "/")) and p not in known]
+        return [{"target": p, "kind": "stray"} for p in reversed(stray)]
+
+    def _unrecorded_loops(self):
+        """Loop devices backed by our disks that we have no record of (same race as above).
+
+        Preflight refused disks that were attached to any loop device, so every one found
+        now was attached by us.
+        """
+        if not self._active_setup:
+            return []
+        known = set(loop.device for loop in self._loops)
+        stray = []
+        for disk in self.disks:
+            for status in loops_for_file(disk):
+                if status["device"] not in known:
+                    stray.append(LoopDevice(device=status["device"], backing_file=disk,
+                                            offset=status["offset"]))
+        return stray
 
     def _kill_chroot_processes(self):
         # Daemons started by maintainer scripts in the chroot would keep mounts busy.
@@ -764,4 +820,5 @@ class GuestMount:
                 self.cleanup_warnings.append(
                     "%s was busy (%s) and was unmounted lazily; its loop device frees itself "
                     "once the last user is gone" % (target, last))
-        self._mounts.remove(record)
+        if record in self._mounts:
+            self._mounts.remove(record)

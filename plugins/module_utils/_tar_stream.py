@@ -55,10 +55,12 @@ def _header_checksum_ok(block):
         expected = int(stored, 8)
     except ValueError:
         return False
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    signed = sum((b - 256 if b > 127 else b) for b in block[:148]) + 256 + sum(
-        (b - 256 if b > 127 else b) for b in block[156:])
-    return expected in (unsigned, signed)
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 32
+    if expected == unsigned:
+        return True
+    # Some old tars summed the bytes as signed chars.
+    high = sum(1 for b in block[:148] + block[156:] if b > 127)
+    return expected == unsigned - 256 * high
 
 
 def _c_string(field):
@@ -177,6 +179,21 @@ class TarStream:
                 raise TarFormatError("member %r at offset %d has tar type %r; an XVA holds only regular files"
                                      % (_decode_name(name, offset), offset, typeflag.decode("latin-1")))
             return TarMember(_decode_name(name, offset), size, self.position)
+
+    def read_member_into(self, member, buffer):
+        """Read the data of ``member`` into ``buffer`` (reused by the caller: no allocation per
+        chunk); returns a memoryview of the filled part."""
+        view = memoryview(buffer)[:member.size]
+        have = 0
+        while have < member.size:
+            got = self._file.readinto(view[have:])
+            if not got:
+                raise TarFormatError("stream truncated: member %r needs %d bytes at offset %d, only %d left"
+                                     % (member.name, member.size, self.position, have))
+            have += got
+        self.position += member.size
+        self._pending_skip = -member.size % BLOCK
+        return view
 
     def read_member(self, member):
         """The whole data of ``member`` (which must be the current one)."""

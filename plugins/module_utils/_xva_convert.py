@@ -146,7 +146,7 @@ class Conversion:
                                  "vm": xva.spec["name"]}
 
         with ProgressReporter(self.status_file, snapshot):
-            reader = XvaReader(xva.tar, targets, xva.vdi_ids, self.verify)
+            reader = XvaReader(xva.tar, targets, xva.vdi_ids, self.verify, hash_in_reader=xva.compression is None)
             translate_stream_errors(reader.run)
             for fd in self._fds:
                 os.fsync(fd)

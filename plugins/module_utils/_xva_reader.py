@@ -44,6 +44,7 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_source impo
     MissingLibraryError, SourceError)
 
 DEFAULT_CHUNK = 1 << 20
+MAX_CHUNK = 64 << 20
 QUEUE_DEPTH = 8
 _MEMBER_RE = re.compile(r"^(Ref:[^/]+)/(\d+)(\.checksum|\.xxhash)?$")
 _CHECKSUM_FORMATS = {".checksum": re.compile(r"^[0-9a-fA-F]{40}$"), ".xxhash": re.compile(r"^[0-9a-fA-F]{16}$")}
@@ -87,9 +88,11 @@ def check_member_name(name, offset):
 
 
 def chunk_is_zero(data):
-    if len(data) == DEFAULT_CHUNK:
-        return data == _ZERO_CHUNK
-    return not data.strip(b"\0")
+    """``data`` is a memoryview of a reused buffer; bytes comparison stops at the first
+    non-zero byte, so data chunks are rejected at once."""
+    if len(data) == DEFAULT_CHUNK and len(data.obj) == DEFAULT_CHUNK:
+        return data.obj == _ZERO_CHUNK
+    return not data.tobytes().strip(b"\0")
 
 
 def checksum_of(data, suffix):
@@ -140,44 +143,89 @@ class DiskTarget:
         return offset
 
 
-class _Writer(threading.Thread):
-    """Hashes, compares and writes chunks handed over by the reading thread."""
+def verify_chunk(data, suffix, expected, name, stream_offset):
+    actual = checksum_of(data, suffix)
+    if actual.lower() != expected.lower():
+        raise XvaError("checksum mismatch in member %r at offset %d: expected %s, got %s"
+                       % (name, stream_offset, expected, actual))
 
-    def __init__(self, verify):
-        threading.Thread.__init__(self, name="xva-writer")
+
+class _Flusher(threading.Thread):
+    """Starts writeback of what was written so far while later chunks are still arriving, so
+    the final fsync only waits for the tail instead of the whole image."""
+
+    def __init__(self):
+        threading.Thread.__init__(self, name="xva-flusher")
         self.daemon = True
-        self.items = queue.Queue(QUEUE_DEPTH)
-        self.verify = verify
-        self.error = None
+        self.wanted = queue.Queue()
 
     def run(self):
         while True:
-            item = self.items.get()
-            if item is None:
+            fd = self.wanted.get()
+            if fd is None:
                 return
-            if self.error is not None:
-                continue  # drain so the reader never blocks on a full queue
             try:
-                self._handle(*item)
-            except Exception as exc:  # handed to the reading thread, which raises it
-                self.error = exc
+                os.fdatasync(fd)
+            except OSError:
+                pass  # the final fsync reports real errors
 
-    def _handle(self, target, offset, data, suffix, expected, name, stream_offset):
-        if expected is not None:
-            actual = checksum_of(data, suffix)
-            if actual.lower() != expected.lower():
-                raise XvaError("checksum mismatch in member %r at offset %d: expected %s, got %s"
-                               % (name, stream_offset, expected, actual))
-        if data and not chunk_is_zero(data):
-            try:
-                written = os.pwrite(target.fd, data, offset)
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise XvaError("disk full writing %s at offset %d" % (target.path, offset))
-                raise XvaError("cannot write %s at offset %d: %s" % (target.path, offset, exc.strerror))
-            if written != len(data):
-                raise XvaError("short write to %s at offset %d (disk full?)" % (target.path, offset))
+    def stop(self):
+        self.wanted.put(None)
+        self.join()
+
+
+class _Writer(threading.Thread):
+    """Writes (and, for compressed streams, verifies) chunks handed over by the reading thread.
+    Buffers go back to ``free`` once written, so memory stays constant."""
+
+    FLUSH_EVERY = 128 << 20
+
+    def __init__(self, free):
+        threading.Thread.__init__(self, name="xva-writer")
+        self.daemon = True
+        self.items = queue.Queue(QUEUE_DEPTH)
+        self.free = free
+        self.error = None
+        self.flusher = _Flusher()
+        self._unflushed = 0
+
+    def run(self):
+        self.flusher.start()
+        try:
+            while True:
+                item = self.items.get()
+                if item is None:
+                    return
+                if self.error is None:
+                    try:
+                        self._handle(*item)
+                    except Exception as exc:  # handed to the reading thread, which raises it
+                        self.error = exc
+                if item[2] is not None:
+                    self.free.put(item[2])
+        finally:
+            self.flusher.stop()
+
+    def _handle(self, target, offset, buffer, data, check):
+        if check is not None:
+            verify_chunk(data, *check)
+        if len(data) and not chunk_is_zero(data):
+            self._write(target, data, offset)
         target.written = offset + len(data)
+
+    def _write(self, target, data, offset):
+        try:
+            written = os.pwrite(target.fd, data, offset)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise XvaError("disk full writing %s at offset %d" % (target.path, offset))
+            raise XvaError("cannot write %s at offset %d: %s" % (target.path, offset, exc.strerror))
+        if written != len(data):
+            raise XvaError("short write to %s at offset %d (disk full?)" % (target.path, offset))
+        self._unflushed += written
+        if self._unflushed >= self.FLUSH_EVERY:
+            self._unflushed = 0
+            self.flusher.wanted.put(target.fd)
 
     def put(self, item):
         if self.error is not None:
@@ -192,15 +240,24 @@ class _Writer(threading.Thread):
 
 
 class XvaReader:
-    """Read the disk members that follow ova.xml into ``targets`` (ref -> DiskTarget)."""
+    """Read the disk members that follow ova.xml into ``targets`` (ref -> DiskTarget).
 
-    def __init__(self, tar, targets, known_vdis, verify_checksums=True):
+    ``hash_in_reader``: on a plain stream reading is cheap, so the reading thread also hashes
+    and the writer only writes; on a compressed stream decompression keeps the reading thread
+    busy, so the writer hashes too.  Either way both cores work.
+    """
+
+    def __init__(self, tar, targets, known_vdis, verify_checksums=True, hash_in_reader=True):
         self.tar = tar
         self.targets = targets
         self.known_vdis = known_vdis
         self.verify = verify_checksums
+        self.hash_in_reader = hash_in_reader
         self._pending = None
         self.current = None
+        self.free = queue.Queue()
+        for _ in range(QUEUE_DEPTH + 2):
+            self.free.put(bytearray(DEFAULT_CHUNK))
 
     def _next(self):
         if self._pending is not None:
@@ -208,8 +265,8 @@ class XvaReader:
             return member
         return self.tar.next_member()
 
-    def _checksum_for(self, member, target):
-        """Read the checksum member that follows ``member``; None when there is none."""
+    def _checksum_for(self, member):
+        """Read the checksum member that follows ``member``; (None, None) when there is none."""
         follower = self.tar.next_member()
         if follower is None or not follower.name.startswith(member.name + "."):
             self._pending = follower if follower is not None else _END
@@ -230,7 +287,7 @@ class XvaReader:
         return suffix, text
 
     def run(self):
-        writer = _Writer(self.verify)
+        writer = _Writer(self.free)
         writer.start()
         try:
             self._read_all(writer)
@@ -240,6 +297,12 @@ class XvaReader:
             raise
         writer.finish()
         self._check_complete()
+
+    def _buffer_for(self, size):
+        if size > MAX_CHUNK:
+            raise XvaError("chunk of %d bytes is larger than the %d allowed" % (size, MAX_CHUNK))
+        buffer = self.free.get()
+        return buffer if len(buffer) >= size else bytearray(size)
 
     def _read_all(self, writer):
         while True:
@@ -259,14 +322,28 @@ class XvaReader:
             if target is not self.current:
                 self._switch_to(target)
             offset = target.place(counter, member.size, member.name, member.offset)
-            data = self.tar.read_member(member)
-            csum_suffix, expected = self._checksum_for(member, target)
+            buffer = self._buffer_for(member.size)
+            try:
+                data = self.tar.read_member_into(member, buffer)
+                csum_suffix, expected = self._checksum_for(member)
+            except BaseException:
+                self.free.put(buffer)
+                raise
+            check = None
             if expected is None:
                 target.unverified += 1
             else:
                 target.verified += 1
-            writer.put((target, offset, data, csum_suffix, expected if self.verify else None,
-                        member.name, member.offset))
+                if self.verify:
+                    check = (csum_suffix, expected, member.name, member.offset)
+            if check is not None and self.hash_in_reader:
+                try:
+                    verify_chunk(data, *check)
+                except BaseException:
+                    self.free.put(buffer)
+                    raise
+                check = None
+            writer.put((target, offset, buffer, data, check))
 
     def _switch_to(self, target):
         now = time.time()

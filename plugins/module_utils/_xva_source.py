@@ -12,8 +12,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import gzip
 import io
+import zlib
 import os
 import sys
 
@@ -83,13 +83,65 @@ class CountingReader(io.RawIOBase):
         return data
 
     def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
+        if self._head or not hasattr(self._file, "readinto"):
+            data = self.read(len(buffer))
+            buffer[:len(data)] = data
+            return len(data)
+        got = self._file.readinto(buffer) or 0
+        self.bytes_read += got
+        return got
 
     def close(self):
         try:
             self._file.close()
+        finally:
+            io.RawIOBase.close(self)
+
+
+class _GzipRaw(io.RawIOBase):
+    """gzip through zlib directly: zlib checks each member's CRC32 and length itself (wbits=31),
+    without GzipFile's second, Python-level CRC pass. Handles multi-member files (pigz)."""
+
+    def __init__(self, raw):
+        io.RawIOBase.__init__(self)
+        self._raw = raw
+        self._inflate = None      # None between members
+        self._input = b""
+
+    def readable(self):
+        return True
+
+    def _more_input(self):
+        self._input = self._raw.read(READ_SIZE)
+        return bool(self._input)
+
+    def readinto(self, buffer):
+        while True:
+            if self._inflate is None:
+                if not self._input and not self._more_input():
+                    return 0  # a clean end after a complete member
+                if not self._input.strip(b"\0"):
+                    self._input = b""  # zero padding after the last member, as tape-era tools wrote
+                    continue
+                self._inflate = zlib.decompressobj(31)
+            if not self._input and not self._more_input():
+                raise EOFError("gzip stream ends before its end-of-stream marker")
+            try:
+                data = self._inflate.decompress(self._input, len(buffer))
+            except zlib.error as exc:
+                raise SourceError("gzip stream is corrupt: %s" % exc)
+            if self._inflate.eof:
+                self._input = self._inflate.unused_data
+                self._inflate = None
+            else:
+                self._input = self._inflate.unconsumed_tail
+            if data:
+                buffer[:len(data)] = data
+                return len(data)
+
+    def close(self):
+        try:
+            self._raw.close()
         finally:
             io.RawIOBase.close(self)
 
@@ -171,8 +223,7 @@ def detect_compression(raw):
 def decompressing_reader(raw, compression):
     """A buffered reader of the tar stream inside ``raw``."""
     if compression == "gzip":
-        # GzipFile also checks the CRC32 and ISIZE of every member (pigz writes several).
-        return gzip.GzipFile(fileobj=io.BufferedReader(raw, READ_SIZE), mode="rb")
+        return io.BufferedReader(_GzipRaw(raw), READ_SIZE)
     if compression == "zstd":
         if not HAS_ZSTANDARD:
             raise MissingLibraryError("zstandard (Debian: python3-zstandard)", "to read a zstd-compressed XVA")
@@ -193,11 +244,9 @@ class _ZstdRaw(io.RawIOBase):
 
     def readinto(self, buffer):
         try:
-            data = self._reader.read(len(buffer))
+            return self._reader.readinto(buffer)
         except zstandard.ZstdError as exc:
             raise SourceError("zstd stream is corrupt: %s" % exc)
-        buffer[:len(data)] = data
-        return len(data)
 
     def close(self):
         try:
