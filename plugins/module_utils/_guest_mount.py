@@ -16,7 +16,7 @@ unconditional: it runs on success, on exceptions, and on SIGTERM/SIGHUP (turned 
 exception while mounted). Only SIGKILL can skip it.
 """
 
-import errno
+import glob
 import os
 import re
 import signal
@@ -92,7 +92,7 @@ class GuestCommandError(GuestError):
 
 def _run(argv, timeout=120):
     return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=timeout)
+                          universal_newlines=True, timeout=timeout, check=False)
 
 
 def _unescape_mountinfo(field):
@@ -119,6 +119,32 @@ def _mounted_device_numbers():
                 major, minor = fields[2].split(":")
                 numbers.add(os.makedev(int(major), int(minor)))
     return numbers
+
+
+def _refuse_busy_block_device(path):
+    """GuestError when the block device or one of its partitions is mounted or held."""
+    rdev = os.stat(path).st_rdev
+    sysdir = os.path.realpath("/sys/dev/block/%d:%d" % (os.major(rdev), os.minor(rdev)))
+    numbers = {rdev: path}
+    # Partitions are subdirectories with their own "partition" attribute.
+    for part_dir in glob.glob(os.path.join(sysdir, "*", "partition")):
+        part_dir = os.path.dirname(part_dir)
+        try:
+            with open(os.path.join(part_dir, "dev")) as fobj:
+                major, minor = fobj.read().strip().split(":")
+        except (OSError, ValueError):
+            continue
+        numbers[os.makedev(int(major), int(minor))] = "/dev/" + os.path.basename(part_dir)
+    mounted = _mounted_device_numbers()
+    busy = [name for number, name in numbers.items() if number in mounted]
+    if busy:
+        raise GuestError("block device %s is in use: %s mounted on the host"
+                         % (path, ", ".join(sorted(busy))))
+    holders = glob.glob(os.path.join(sysdir, "holders", "*")) + glob.glob(
+        os.path.join(sysdir, "*", "holders", "*"))
+    if holders:
+        raise GuestError("block device %s is in use by %s (device-mapper/LVM/RAID)"
+                         % (path, ", ".join(sorted(os.path.basename(h) for h in holders))))
 
 
 def _processes_using(path):
@@ -306,6 +332,9 @@ class GuestMount:
     def run_in_chroot(self, argv, env=None, input=None, check=True, timeout=None):
         """Run ``argv`` chrooted into the guest; returns the CompletedProcess (text output).
 
+        ``input`` is a str fed to stdin. A non-zero exit raises GuestCommandError (with
+        returncode, stdout, stderr) unless check=False.
+
         The environment is a clean, non-interactive one (CHROOT_ENV) updated with ``env``:
         the host's variables (locale, proxies, PATH) have no business in the guest.
         """
@@ -314,9 +343,13 @@ class GuestMount:
         if env:
             full_env.update(env)
         command = ["chroot", self.root] + [str(a) for a in argv]
-        proc = subprocess.run(command, env=full_env, input=input, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, universal_newlines=True,
-                              timeout=timeout, cwd="/")
+        try:
+            proc = subprocess.run(command, env=full_env, input=input, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, universal_newlines=True,
+                                  timeout=timeout, cwd="/", check=False)
+        except subprocess.TimeoutExpired:
+            raise GuestError("command %s did not finish within %s s in the guest chroot"
+                             % (" ".join(str(a) for a in argv), timeout))
         if check and proc.returncode != 0:
             raise GuestCommandError(argv, proc.returncode, proc.stdout, proc.stderr)
         return proc
@@ -337,6 +370,10 @@ class GuestMount:
     # ----------------------------------------------------------------- context manager
 
     def __enter__(self):
+        if self._active or self._tmpdir:
+            raise GuestError("this GuestMount is already in use")
+        self.layouts, self.volumes, self.whole_disk_loop_devices = [], [], []
+        self.cleanup_warnings, self.skipped_fstab, self.root_volume = [], [], None
         self._preflight()
         try:
             self._install_signal_handlers()
@@ -376,8 +413,8 @@ class GuestMount:
                     "(losetup -d) or stop what uses them first"
                     % (disk, ", ".join("%s (offset %d)" % (a["device"], a["offset"])
                                        for a in attached)))
-            if is_block_device(disk) and os.stat(disk).st_rdev in _mounted_device_numbers():
-                raise GuestError("block device %s is mounted on the host" % disk)
+            if is_block_device(disk):
+                _refuse_busy_block_device(disk)
             users = _processes_using(disk)
             if users:
                 raise GuestError(
@@ -412,7 +449,8 @@ class GuestMount:
         for base in bases:
             try:
                 os.makedirs(base, mode=0o700, exist_ok=True)
-                return tempfile.mkdtemp(prefix="guest-", dir=base)
+                # Canonical, so it compares equal to the paths in /proc/self/mountinfo.
+                return os.path.realpath(tempfile.mkdtemp(prefix="guest-", dir=base))
             except OSError as exc:
                 last = exc
         raise GuestError("cannot create a temporary mount point: %s" % last)
@@ -706,16 +744,12 @@ class GuestMount:
         try:
             if self.root:
                 self._kill_chroot_processes()
-            for record in list(reversed(self._mounts)):
+            for target in self._mounts_to_undo():
                 try:
-                    self._umount_record(record)
+                    self._umount(target)
                 except Exception as exc:  # keep going: every mount and loop gets its chance
                     errors.append(str(exc))
-            for record in self._unrecorded_mounts():
-                try:
-                    self._umount_record(record)
-                except Exception as exc:
-                    errors.append(str(exc))
+            self._mounts = []
             for loop in reversed(self._loops + self._unrecorded_loops()):
                 try:
                     if not loop.detach():
@@ -751,18 +785,20 @@ class GuestMount:
             if not failing:
                 raise GuestError("cleanup incomplete: " + "; ".join(errors))
 
-    def _unrecorded_mounts(self):
-        """Mounts under our temp dir we have no record of, innermost first.
+    def _mounts_to_undo(self):
+        """Every mount at or below our temp dir, innermost (most recent) first.
 
-        A signal can land between a successful mount(8) and our bookkeeping; the temp dir is
-        ours alone, so whatever is mounted below it is ours to unmount.
+        Taken from the kernel's table rather than our records: a signal can land between a
+        successful mount(8) and our bookkeeping, and a maintainer script in the chroot may
+        have mounted something (binfmt_misc, a tmpfs) on top of ours. The temp dir is ours
+        alone, so everything below it is ours to unmount.
         """
+        recorded = [m["target"] for m in reversed(self._mounts)]
         if not self._tmpdir:
-            return []
-        known = set(m["target"] for m in self._mounts)
-        stray = [p for p in host_mount_points()
-                 if (p == self._tmpdir or p.startswith(self._tmpdir + "/")) and p not in known]
-        return [{"target": p, "kind": "stray"} for p in reversed(stray)]
+            return recorded
+        live = [p for p in host_mount_points()
+                if p == self._tmpdir or p.startswith(self._tmpdir + "/")]
+        return list(reversed(live)) + [t for t in recorded if t not in live]
 
     def _unrecorded_loops(self):
         """Loop devices backed by our disks that we have no record of (same race as above).
@@ -801,24 +837,24 @@ class GuestMount:
                     return
                 time.sleep(0.05)
 
-    def _umount_record(self, record):
-        target = record["target"]
+    def _umount(self, target):
         last = ""
         for attempt in range(UMOUNT_ATTEMPTS):
             if target not in host_mount_points():
-                break
+                return
             proc = _run(["umount", target])
             if proc.returncode == 0:
-                break
+                return
             last = proc.stderr.strip()
             time.sleep(0.2 * (attempt + 1))  # a process may just be exiting
-        else:
-            if target in host_mount_points():
-                proc = _run(["umount", "--lazy", target])
-                if proc.returncode != 0:
-                    raise GuestError("cannot unmount %s: %s" % (target, proc.stderr.strip()))
-                self.cleanup_warnings.append(
-                    "%s was busy (%s) and was unmounted lazily; its loop device frees itself "
-                    "once the last user is gone" % (target, last))
-        if record in self._mounts:
-            self._mounts.remove(record)
+        if target in host_mount_points():
+            proc = _run(["umount", "--lazy", target])
+            if proc.returncode != 0:
+                raise GuestError("cannot unmount %s: %s" % (target, proc.stderr.strip()))
+            self.cleanup_warnings.append(
+                "%s was busy (%s) and was unmounted lazily; its loop device frees itself "
+                "once the last user is gone" % (target, last))
+
+    def _umount_record(self, record):
+        self._umount(record["target"])
+        self._mounts.remove(record)

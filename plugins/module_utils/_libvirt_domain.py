@@ -255,6 +255,7 @@ def define(conn, params, check_mode):
         disks, pool_changed, placed = place_in_pool(conn, params["pool"], disks,
                                                     params.get("pool_action") or "move",
                                                     check_mode)
+        disks = resolve_disks(disks)  # a rerun finds the images only in the pool
     dom = find_domain(conn, name)
     before = ""
     uuid, migrated_at, machine = None, params.get("migrated_at") or "", None
@@ -420,4 +421,3 @@ def run(params, check_mode=False):
             raise KvmDomainError("libvirt error: %s" % exc)
     finally:
         conn.close()
-

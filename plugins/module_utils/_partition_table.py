@@ -230,7 +230,7 @@ def _read_logical_partitions(fobj, extended, disk_id, disk_bytes):
                 partuuid="%s-%02d" % (disk_id, number) if disk_id else "",
             ))
             number += 1
-        _, link_type, link_lba, _ = entries[1]
+        _link_status, link_type, link_lba, _link_count = entries[1]
         if link_type not in MBR_EXTENDED_TYPES or link_lba == 0:
             return partitions
         next_ebr = link_lba  # the link is relative to the extended partition start

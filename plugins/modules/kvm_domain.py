@@ -60,9 +60,9 @@ options:
     default: []
   network_map:
     description:
-      - Maps a Xen network (its name_label, or its bridge such as C(xenbr0)) to where the NIC goes
-        on the KVM host, one of C({"network": NAME}) (a libvirt network), C({"bridge": BR}) (a
-        host bridge) or the string V(user) (QEMU user-mode networking).
+      - "Maps a Xen network (its name_label, or its bridge such as C(xenbr0)) to where the NIC goes
+        on the KVM host: C({network: NAME}) (a libvirt network), C({bridge: BR}) (a host bridge)
+        or the string V(user) (QEMU user-mode networking)."
       - A NIC whose network is in neither the map nor O(default_network) fails the module, listing
         every unmapped network.
     type: dict

@@ -1,0 +1,154 @@
+# -*- coding: utf-8 -*-
+# Copyright: xen2kvm developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Changing files inside a guest, with the record every fixup leaves.
+
+Every edit goes through GuestEditor: it keeps a backup of the original (``<file>.xen2kvm``, the
+first time only, so a second run does not back up our own result), writes through a temporary
+file and a rename, records a diff for Ansible's diff mode, appends a line to the guest's own log
+(/var/log/xen2kvm-fixup.log), and in check mode only records what it would do.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import difflib
+import os
+import shutil
+import time
+
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_inspect import resolve_guest_path
+
+BACKUP_SUFFIX = ".xen2kvm"
+GUEST_LOG = "/var/log/xen2kvm-fixup.log"
+
+
+class GuestEditor:
+    """Reads and changes files of the guest mounted at ``root``."""
+
+    def __init__(self, root, check_mode=False, run=None):
+        self.root = root
+        self.check_mode = check_mode
+        self.changes = []     # [{"fixup", "action", "path", "why"}]
+        self.warnings = []
+        self.diffs = []       # Ansible diff dicts
+        self.fixup = None     # the fixup now running, for the record
+        self._run = run       # chroot runner: run(argv, env=None, input=None, check=True)
+
+    # -- reading
+    def host_path(self, path, follow_last=True):
+        return resolve_guest_path(self.root, path, follow_last)
+
+    def exists(self, path):
+        return os.path.lexists(self.host_path(path, follow_last=False))
+
+    def read(self, path, default=None):
+        host = self.host_path(path)
+        if not os.path.isfile(host):
+            return default
+        with open(host, "rb") as handle:
+            return handle.read().decode("utf-8", "surrogateescape")
+
+    def listdir(self, path):
+        host = self.host_path(path)
+        return sorted(os.listdir(host)) if os.path.isdir(host) else []
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+    # -- changing
+    def _record(self, action, path, why):
+        self.changes.append({"fixup": self.fixup, "action": action, "path": path, "why": why})
+
+    def write(self, path, text, why, mode=None):
+        """Give the guest file ``path`` the content ``text``; True when that is a change."""
+        old = self.read(path)
+        if old == text:
+            return False
+        self.diffs.append({"before_header": path, "after_header": path, "before": old or "", "after": text})
+        self._record("create" if old is None else "edit", path, why)
+        if self.check_mode:
+            return True
+        host = self.host_path(path)
+        os.makedirs(os.path.dirname(host), exist_ok=True)
+        if old is not None:
+            self._backup(path, host)
+        tmp = host + ".xen2kvm-tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(text.encode("utf-8", "surrogateescape"))
+        if mode is not None:
+            os.chmod(tmp, mode)
+        elif old is not None:
+            shutil.copymode(host, tmp)
+        os.rename(tmp, host)
+        self._log("%s %s: %s" % ("edited" if old is not None else "created", path, why))
+        return True
+
+    def remove(self, path, why):
+        host = self.host_path(path, follow_last=False)
+        if not os.path.lexists(host):
+            return False
+        self._record("remove", path, why)
+        if self.check_mode:
+            return True
+        if os.path.isfile(host) and not os.path.islink(host):
+            self._backup(path, host)
+        if os.path.isdir(host) and not os.path.islink(host):
+            shutil.rmtree(host)
+        else:
+            os.unlink(host)
+        self._log("removed %s: %s" % (path, why))
+        return True
+
+    def symlink(self, target, path, why):
+        host = self.host_path(path, follow_last=False)
+        if os.path.islink(host) and os.readlink(host) == target:
+            return False
+        self._record("symlink", path, why)
+        if self.check_mode:
+            return True
+        os.makedirs(os.path.dirname(host), exist_ok=True)
+        if os.path.lexists(host):
+            os.unlink(host)
+        os.symlink(target, host)
+        self._log("linked %s -> %s: %s" % (path, target, why))
+        return True
+
+    def run(self, argv, why, env=None, input=None, check=True):
+        """Run a command in the guest (chroot); in check mode only record it."""
+        self._record("run", " ".join(argv), why)
+        if self.check_mode:
+            return None
+        if self._run is None:
+            raise RuntimeError("no chroot runner for %s" % argv[0])
+        result = self._run(argv, env=env, input=input, check=check)
+        self._log("ran %s: %s" % (" ".join(argv), why))
+        return result
+
+    def inspect_run(self, argv):
+        """Run a read-only command in the guest (also in check mode); its stdout, or None when
+        it fails.  Not recorded: it changes nothing."""
+        if self._run is None:
+            return None
+        try:
+            result = self._run(argv, check=False)
+        except Exception:  # a missing binary, a read-only mount: the answer is just "unknown"
+            return None
+        return result.stdout if result.returncode == 0 else None
+
+    def changed_path(self, *paths):
+        """Whether this run changed any of ``paths``."""
+        return any(change["path"] in paths for change in self.changes if change["action"] != "run")
+
+    def _backup(self, path, host):
+        backup = host + BACKUP_SUFFIX
+        if not os.path.lexists(backup):
+            shutil.copy2(host, backup, follow_symlinks=False)
+
+    def _log(self, line):
+        host = self.host_path(GUEST_LOG)
+        if not os.path.isdir(os.path.dirname(host)):
+            return
+        with open(host, "a") as handle:
+            handle.write("%s [%s] %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), self.fixup, line))

@@ -1,0 +1,549 @@
+"""GuestMount against real loop devices and mounts (needs root).
+
+Images are built in tmp with sfdisk + mkfs -d from tiny trees; a static busybox gives the
+guest a shell so run_in_chroot can be exercised. Every test checks that nothing is left
+behind: no mount under the temp dir, no loop device backed by the image, no temp dir.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_inspect import (
+    inspect_guest,
+)
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_mount import (
+    GuestCommandError,
+    GuestError,
+    GuestMount,
+    host_mount_points,
+)
+from ansible_collections.xen2kvm.migration.plugins.module_utils._loop import (
+    attach,
+    loop_status,
+    loops_for_file,
+)
+from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table import (
+    read_partition_table,
+)
+
+MiB = 1024 * 1024
+BUSYBOX = shutil.which("busybox")
+COLLECTIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                           "build", "collections")
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices and mounts"),
+    pytest.mark.skipif(not os.path.exists("/dev/loop-control"), reason="no loop devices"),
+    pytest.mark.skipif(shutil.which("mkfs.ext4") is None or shutil.which("sfdisk") is None,
+                       reason="needs e2fsprogs and sfdisk"),
+]
+
+ROOT_UUID = "c0ffee00-1111-4222-8333-444444444444"
+BOOT_UUID = "b0070000-1111-4222-8333-444444444444"
+
+OS_RELEASE = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n' \
+             "VERSION_CODENAME=bookworm\n"
+
+
+# --------------------------------------------------------------------------- image builders
+
+
+def _write(root, path, text):
+    full = os.path.join(str(root), path.lstrip("/"))
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    with open(full, "w") as fobj:
+        fobj.write(text)
+
+
+def root_tree(tmp_path, fstab, name="rootfs", extra_dirs=()):
+    """A minimal Debian-looking root: fstab, os-release, mount points, busybox shell."""
+    tree = tmp_path / name
+    for directory in ("etc", "boot", "dev", "proc", "sys", "run", "tmp", "bin", "var") + tuple(
+            extra_dirs):
+        (tree / directory).mkdir(parents=True, exist_ok=True)
+    _write(tree, "/etc/fstab", fstab)
+    _write(tree, "/etc/os-release", OS_RELEASE)
+    _write(tree, "/etc/debian_version", "12.5\n")
+    if BUSYBOX:
+        shutil.copy2(BUSYBOX, str(tree / "bin" / "busybox"))
+        for applet in ("sh", "true", "false", "cat", "ls", "mount", "sleep"):
+            os.symlink("busybox", str(tree / "bin" / applet))
+    return tree
+
+
+def make_fs(tmp_path, kind, size, tree=None, fs_uuid=None, label=None):
+    """A filesystem image file built without mounting (mkfs -d)."""
+    path = tmp_path / ("fs-%s.img" % uuid.uuid4().hex[:8])
+    with open(path, "wb") as fobj:
+        fobj.truncate(size)
+    if kind == "swap":
+        argv = ["mkswap"] + (["-U", fs_uuid] if fs_uuid else []) + [str(path)]
+    elif kind == "vfat":
+        argv = ["mkfs.vfat", "-i", fs_uuid.replace("-", "")] if fs_uuid else ["mkfs.vfat"]
+        argv.append(str(path))
+    else:
+        argv = ["mkfs." + kind, "-q", "-F"]
+        if fs_uuid:
+            argv += ["-U", fs_uuid]
+        if label:
+            argv += ["-L", label]
+        if tree is not None:
+            argv += ["-d", str(tree)]
+        argv.append(str(path))
+    subprocess.run(argv, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return path
+
+
+def sfdisk_image(tmp_path, script, size, name="disk.img"):
+    """A sparse image of ``size`` bytes partitioned by the sfdisk ``script``; (path, layout)."""
+    image = tmp_path / name
+    with open(image, "wb") as fobj:
+        fobj.truncate(size)
+    subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(image)],
+                   input=script, universal_newlines=True, check=True,
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return str(image), read_partition_table(str(image))
+
+
+def copy_filesystems(image, layout, filesystems):
+    """Copy {partition number: filesystem image} into the partitions of ``image``."""
+    with open(image, "r+b") as dst:
+        for number, fs_image in filesystems.items():
+            part = layout.partition(number)
+            assert os.path.getsize(fs_image) <= part.size
+            dst.seek(part.start)
+            with open(fs_image, "rb") as src:
+                shutil.copyfileobj(src, dst)
+    return image
+
+
+@pytest.fixture
+def mbr_image(tmp_path):
+    """MBR: 1 = /boot ext2, 2 = / ext4, 3 = swap; fstab by xvd name, UUID and xvd name."""
+    fstab = ("/dev/xvda1 /boot ext2 defaults 0 2\n"
+             "UUID=%s / ext4 errors=remount-ro 0 1\n"
+             "/dev/xvda3 none swap sw 0 0\n"
+             "proc /proc proc defaults 0 0\n" % ROOT_UUID)
+    tree = root_tree(tmp_path, fstab)
+    boot = tmp_path / "bootfs"
+    _write(boot, "/grub/grub.cfg", "linux /vmlinuz-6.1.0-18-amd64 root=/dev/xvda2 console=hvc0\n")
+    _write(boot, "/vmlinuz-6.1.0-18-amd64", "kernel")
+    image, layout = sfdisk_image(
+        tmp_path, "label: dos\nstart=2048, size=8MiB, type=83\nsize=24MiB, type=83\ntype=82\n",
+        40 * MiB)
+    return copy_filesystems(image, layout, {
+        1: make_fs(tmp_path, "ext2", 8 * MiB, boot, BOOT_UUID),
+        2: make_fs(tmp_path, "ext4", 24 * MiB, tree, ROOT_UUID),
+        3: make_fs(tmp_path, "swap", 4 * MiB)})
+
+
+def assert_clean(image, root):
+    """No loop device backs ``image``, nothing is mounted at/below ``root``, root is gone."""
+    assert loops_for_file(image) == []
+    leftovers = [p for p in host_mount_points() if p == root or p.startswith(root + "/")]
+    assert leftovers == []
+    assert not os.path.exists(root)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_mbr_guest_mount_and_chroot(mbr_image):
+    with GuestMount([mbr_image]) as guest:
+        root = guest.root
+        assert guest.root_partition == "xvda2"
+        assert os.path.ismount(root)
+        boot = guest.guest_path("/boot")
+        assert os.path.ismount(boot)
+        assert os.path.isfile(guest.guest_path("/boot/grub/grub.cfg"))
+        kinds = [(m["kind"], m["guest_path"]) for m in guest.mounts]
+        assert kinds[:2] == [("root", "/"), ("fstab", "/boot")]
+        assert [k for k, _ in kinds[2:]] == ["bind"] * 5
+        for bound in ("/dev", "/proc", "/sys", "/run", "/dev/pts"):
+            assert os.path.ismount(guest.guest_path(bound))
+        # Whole disk at offset 0 for grub-install; partitions at their own offsets.
+        (whole,) = guest.whole_disk_loops
+        assert loop_status(whole)["offset"] == 0 and loop_status(whole)["sizelimit"] == 0
+        assert set(guest.device_map) == {"xvda", "xvda1", "xvda2"}  # swap gets no loop
+        assert guest.device_map["xvda"] == whole
+        assert loop_status(guest.device_map["xvda2"])["offset"] == 9 * MiB  # 1 MiB + the 8 MiB /boot
+        assert len(loops_for_file(mbr_image)) == 3
+        assert guest.loop_for("/dev/sda2") == guest.device_map["xvda2"]
+        assert guest.loop_for("UUID=%s" % BOOT_UUID.upper()) == guest.device_map["xvda1"]
+        assert guest.loop_for("xvda") == whole
+        # Writable: a fixup can change files and they land on the image.
+        with open(guest.guest_path("/etc/xen2kvm-test"), "w") as fobj:
+            fobj.write("written\n")
+        facts = inspect_guest(root, disk=mbr_image)
+        assert facts["os"]["codename"] == "bookworm"
+        assert facts["bootloader"]["boot_style"] == "pv-no-mbr-code"
+        assert [e["mountpoint"] for e in facts["fstab"]][:2] == ["/boot", "/"]
+        if BUSYBOX:
+            assert guest.run_in_chroot(["/bin/true"]).returncode == 0
+            out = guest.run_in_chroot(["/bin/sh", "-c", "cat /etc/xen2kvm-test; echo $FOO"],
+                                      env={"FOO": "bar"}).stdout
+            assert out == "written\nbar\n"
+            # /proc inside is the bound host /proc.
+            assert "cpu" in guest.run_in_chroot(["/bin/cat", "/proc/cpuinfo"]).stdout
+            assert guest.run_in_chroot(["/bin/false"], check=False).returncode == 1
+            with pytest.raises(GuestCommandError, match="exit code 1"):
+                guest.run_in_chroot(["/bin/false"])
+    assert_clean(mbr_image, root)
+    # The write survived the unmount.
+    with GuestMount([mbr_image], readonly=True) as guest:
+        with open(guest.guest_path("/etc/xen2kvm-test")) as fobj:
+            assert fobj.read() == "written\n"
+        root = guest.root
+    assert_clean(mbr_image, root)
+
+
+def test_readonly_mount(mbr_image):
+    before = os.stat(mbr_image).st_mtime
+    with GuestMount([mbr_image], readonly=True) as guest:
+        assert all(loop_status(dev)["read_only"] for dev in guest.device_map.values())
+        with pytest.raises(OSError):
+            open(guest.guest_path("/etc/nope"), "w")
+        assert os.path.ismount(guest.guest_path("/boot"))
+        root = guest.root
+    assert_clean(mbr_image, root)
+    assert os.stat(mbr_image).st_mtime == before
+
+
+def test_exception_inside_with_cleans_up(mbr_image):
+    seen = {}
+    with pytest.raises(RuntimeError, match="boom"):
+        with GuestMount([mbr_image]) as guest:
+            seen["root"] = guest.root
+            assert os.path.ismount(guest.guest_path("/boot"))
+            raise RuntimeError("boom")
+    assert_clean(mbr_image, seen["root"])
+
+
+def test_busy_mount_is_lazily_unmounted_and_reported(mbr_image):
+    with GuestMount([mbr_image], bind_host=False) as guest:
+        root = guest.root
+        # A host process (not in the chroot, so not killed) keeps /boot busy.
+        holder = subprocess.Popen(["sleep", "30"], cwd=guest.guest_path("/boot"))
+    try:
+        assert any("lazily" in w for w in guest.cleanup_warnings)
+        assert not [p for p in host_mount_points() if p.startswith(root)]
+    finally:
+        holder.kill()
+        holder.wait()
+    # Once the last user is gone the kernel frees the deferred loop device.
+    deadline = time.monotonic() + 5
+    while loops_for_file(mbr_image) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert loops_for_file(mbr_image) == []
+
+
+SIGTERM_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_mount import GuestMount
+with GuestMount([sys.argv[2]]) as guest:
+    print(json.dumps({"root": guest.root, "loops": guest.whole_disk_loops}), flush=True)
+    time.sleep(60)
+print("not reached", flush=True)
+"""
+
+
+def test_sigterm_while_mounted_cleans_up(mbr_image):
+    child = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, COLLECTIONS, mbr_image],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             universal_newlines=True)
+    try:
+        info = json.loads(child.stdout.readline())
+        assert os.path.ismount(info["root"])
+        assert loops_for_file(mbr_image)
+        child.send_signal(signal.SIGTERM)
+        _out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode != 0
+    assert "GuestInterrupted" in err and "SIGTERM" in err
+    assert "not reached" not in _out
+    assert_clean(mbr_image, info["root"])
+
+
+def test_refuses_image_already_on_a_loop_device(mbr_image):
+    loop = attach(mbr_image, read_only=True)
+    try:
+        with pytest.raises(GuestError, match="already attached to loop device.*%s" % loop.device):
+            with GuestMount([mbr_image]):
+                pass
+        assert [s["device"] for s in loops_for_file(mbr_image)] == [loop.device]
+    finally:
+        loop.detach()
+    assert loops_for_file(mbr_image) == []
+
+
+def test_refuses_image_held_open_by_a_process(mbr_image):
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; f = open(sys.argv[1], 'rb'); "
+                               "print('ok', flush=True); time.sleep(30)", mbr_image],
+                              stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        with pytest.raises(GuestError, match="in use .*pid %d" % holder.pid):
+            with GuestMount([mbr_image]):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert loops_for_file(mbr_image) == []
+
+
+def test_bare_filesystem_disk(tmp_path):
+    tree = root_tree(tmp_path, "/dev/xvda / ext4 errors=remount-ro 0 1\n")
+    image = make_fs(tmp_path, "ext4", 32 * MiB, tree, label="pvroot")
+    with GuestMount([str(image)]) as guest:
+        root = guest.root
+        assert guest.root_partition == "xvda"
+        assert guest.device_map == {"xvda": guest.whole_disk_loops[0]}
+        assert len(loops_for_file(str(image))) == 1  # the whole disk is the filesystem
+        assert guest.facts()["partition_tables"][0]["scheme"] == "none"
+        assert os.path.isfile(guest.guest_path("/etc/os-release"))
+    assert_clean(str(image), root)
+
+
+def _host_can_mount(fstype):
+    with open("/proc/filesystems") as fobj:
+        return any(line.split()[-1] == fstype for line in fobj if line.strip())
+
+
+def test_gpt_disk(tmp_path):
+    """GPT: BIOS boot, ESP (vfat), /boot (xfs when mkfs.xfs exists), / (ext4 by PARTUUID)."""
+    esp_id = "ABCD-1234"
+    boot_uuid = "b007b007-1111-4222-8333-444444444444"
+    boot_kind = "xfs" if shutil.which("mkfs.xfs") and _host_can_mount("xfs") else "ext2"
+    tree = root_tree(tmp_path, "", extra_dirs=("boot/efi",))
+    script = ("label: gpt\n"
+              "size=1MiB, type=21686148-6449-6E6F-744E-656564454649\n"
+              "size=16MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp\n"
+              "size=300MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=boot\n"
+              "type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root\n")
+    image, layout = sfdisk_image(tmp_path, script, 360 * MiB, name="gpt.img")
+    # PARTUUIDs are sfdisk's random ones: the root fs is built after the table to name them.
+    _write(tree, "/etc/fstab", "PARTUUID=%s / ext4 defaults 0 1\n"
+                               "UUID=%s /boot %s defaults 0 2\n"
+                               "UUID=%s /boot/efi vfat umask=0077 0 1\n"
+                               % (layout.partition(4).partuuid.upper(), boot_uuid, boot_kind,
+                                  esp_id))
+    if boot_kind == "xfs":
+        bootfs = tmp_path / "boot-xfs.img"
+        with open(bootfs, "wb") as fobj:
+            fobj.truncate(300 * MiB)
+        subprocess.run(["mkfs.xfs", "-q", "-f", "-m", "uuid=" + boot_uuid, "-L", "boot",
+                        str(bootfs)], check=True)
+    else:
+        bootfs = make_fs(tmp_path, "ext2", 300 * MiB, fs_uuid=boot_uuid)
+    copy_filesystems(image, layout, {
+        2: make_fs(tmp_path, "vfat", 16 * MiB, fs_uuid=esp_id),
+        3: bootfs,
+        4: make_fs(tmp_path, "ext4", layout.partition(4).size, tree)})
+    with GuestMount([image]) as guest:
+        root = guest.root
+        assert guest.root_partition == "xvda4"
+        assert guest.resolve_source("PARTUUID=" + layout.partition(4).partuuid).name == "xvda4"
+        assert guest.resolve_source("PARTLABEL=boot").name == "xvda3"
+        boot_mount = [m for m in guest.mounts if m["guest_path"] == "/boot"]
+        assert boot_mount and boot_mount[0]["fstype"] == boot_kind
+        assert os.path.ismount(guest.guest_path("/boot"))
+        if _host_can_mount("vfat"):
+            assert os.path.ismount(guest.guest_path("/boot/efi"))
+        else:
+            # This host's kernel has no vfat: the ESP is reported, not fatal.
+            (skipped,) = guest.skipped_fstab
+            assert skipped["mountpoint"] == "/boot/efi" and "vfat" in skipped["reason"]
+        assert set(guest.device_map) == {"xvda", "xvda2", "xvda3", "xvda4"}
+        assert not guest.cleanup_warnings
+    assert_clean(image, root)
+
+
+@pytest.mark.skipif(shutil.which("mkfs.btrfs") is None or not _host_can_mount("btrfs"),
+                    reason="needs mkfs.btrfs and btrfs in the kernel")
+def test_bare_btrfs_root_by_label(tmp_path):
+    tree = root_tree(tmp_path, "LABEL=pvroot / btrfs defaults 0 0\n")
+    image = tmp_path / "btrfs.img"
+    with open(image, "wb") as fobj:
+        fobj.truncate(128 * MiB)
+    subprocess.run(["mkfs.btrfs", "-q", "-L", "pvroot", "--rootdir", str(tree), str(image)],
+                   check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with GuestMount([str(image)], readonly=True) as guest:
+        root = guest.root
+        assert guest.root_partition == "xvda"
+        assert guest.mounts[0]["fstype"] == "btrfs"
+        assert guest.resolve_source("LABEL=pvroot").name == "xvda"
+    assert_clean(str(image), root)
+
+
+def test_second_disk_mounted_by_label(mbr_image, tmp_path):
+    var_tree = tmp_path / "vartree"
+    _write(var_tree, "/lib/dpkg/status", "")
+    var_disk = make_fs(tmp_path, "ext4", 16 * MiB, var_tree, label="guestvar")
+    with GuestMount([mbr_image, str(var_disk)]) as guest:
+        # Mount /var from the guest's fstab of the first disk: edit it via a rw mount first.
+        root = guest.root
+        with open(guest.guest_path("/etc/fstab"), "a") as fobj:
+            fobj.write("LABEL=guestvar /var ext4 defaults 0 2\n")
+    assert_clean(mbr_image, root)
+    with GuestMount([mbr_image, str(var_disk)], devices=["xvda", "xvdb"]) as guest:
+        root = guest.root
+        assert os.path.isfile(guest.guest_path("/var/lib/dpkg/status"))
+        assert os.path.ismount(guest.guest_path("/var"))
+        assert guest.whole_disk_loops == [guest.device_map["xvda"], guest.device_map["xvdb"]]
+    assert_clean(mbr_image, root)
+    assert_clean(str(var_disk), root)
+
+
+def test_no_root_filesystem_is_refused_cleanly(tmp_path):
+    tree = tmp_path / "notroot"
+    _write(tree, "/data/file", "x")
+    image = make_fs(tmp_path, "ext4", 16 * MiB, tree)
+    before = set(os.listdir("/run/xen2kvm")) if os.path.isdir("/run/xen2kvm") else set()
+    with pytest.raises(GuestError, match="no root filesystem"):
+        with GuestMount([str(image)]):
+            pass
+    assert loops_for_file(str(image)) == []
+    after = set(os.listdir("/run/xen2kvm")) if os.path.isdir("/run/xen2kvm") else set()
+    assert after == before
+
+
+def test_boot_on_a_missing_disk_is_refused_cleanly(tmp_path):
+    tree = root_tree(tmp_path, "/dev/xvda / ext4 defaults 0 1\n/dev/xvdb1 /boot ext2 defaults 0 2\n")
+    image = make_fs(tmp_path, "ext4", 32 * MiB, tree)
+    with pytest.raises(GuestError, match="/boot .*not on the given disks"):
+        with GuestMount([str(image)]):
+            pass
+    assert loops_for_file(str(image)) == []
+    assert not [p for p in host_mount_points() if "/xen2kvm/guest-" in p]
+
+
+# --------------------------------------------------------------------------- _loop
+
+
+def test_loop_attach_range_and_detach(tmp_path):
+    image = tmp_path / "range.img"
+    with open(image, "wb") as fobj:
+        fobj.truncate(8 * MiB)
+        fobj.seek(3 * MiB)
+        fobj.write(b"MARK")
+    loop = attach(str(image), offset=3 * MiB, sizelimit=2 * MiB, read_only=True)
+    try:
+        status = loop_status(loop.device)
+        assert (status["offset"], status["sizelimit"], status["read_only"]) == (
+            3 * MiB, 2 * MiB, True)
+        assert [s["device"] for s in loops_for_file(str(image))] == [loop.device]
+        with open(loop.device, "rb") as dev:
+            assert dev.read(4) == b"MARK"
+            assert dev.seek(0, os.SEEK_END) == 2 * MiB
+    finally:
+        assert loop.detach() is True
+    assert loops_for_file(str(image)) == []
+    assert loop.detach() is True  # idempotent
+
+
+def test_loop_context_manager_detaches_on_error(tmp_path):
+    from ansible_collections.xen2kvm.migration.plugins.module_utils._loop import attached
+
+    image = tmp_path / "cm.img"
+    with open(image, "wb") as fobj:
+        fobj.truncate(1 * MiB)
+    with pytest.raises(ValueError):
+        with attached(str(image)) as loop:
+            assert loop_status(loop.device)["backing_file"] == str(image)
+            raise ValueError("x")
+    assert loops_for_file(str(image)) == []
+
+
+def test_loop_detach_leaves_a_reused_device_alone(tmp_path):
+    first = tmp_path / "a.img"
+    second = tmp_path / "b.img"
+    for path in (first, second):
+        with open(path, "wb") as fobj:
+            fobj.truncate(1 * MiB)
+    mine = attach(str(first))
+    mine.detach()
+    theirs = attach(str(second))
+    try:
+        stale = type(mine)(device=theirs.device, backing_file=str(first))
+        assert stale.detach() is True
+        assert loop_status(theirs.device)["backing_file"] == str(second)
+    finally:
+        theirs.detach()
+    assert loops_for_file(str(second)) == []
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def test_unrecorded_mounts_and_loops_are_swept(mbr_image):
+    """What a signal between mount(8)/ioctl and our bookkeeping would leave is still found."""
+    with GuestMount([mbr_image], bind_host=False) as guest:
+        root = guest.root
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", guest.guest_path("/tmp")], check=True)
+        attach(mbr_image, read_only=True)
+        assert len(loops_for_file(mbr_image)) == 4
+    assert_clean(mbr_image, root)
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="needs a static busybox for the guest shell")
+def test_processes_left_in_the_chroot_are_killed(mbr_image):
+    with GuestMount([mbr_image]) as guest:
+        root = guest.root
+        guest.run_in_chroot(["/bin/sh", "-c", "sleep 300 </dev/null >/dev/null 2>&1 &"])
+    assert any("killed processes" in w for w in guest.cleanup_warnings)
+    assert_clean(mbr_image, root)
+
+
+def test_several_roots_need_a_choice(tmp_path):
+    images = []
+    for name in ("a", "b"):
+        tree = root_tree(tmp_path, "LABEL=root-%s / ext4 defaults 0 1\n" % name,
+                         name="tree-" + name)
+        images.append(str(make_fs(tmp_path, "ext4", 16 * MiB, tree, label="root-" + name)))
+    with pytest.raises(GuestError, match="several root filesystems found \\(xvda, xvdb\\)"):
+        with GuestMount(images):
+            pass
+    with GuestMount(images, root="xvdb") as guest:
+        root = guest.root
+        assert guest.root_partition == "xvdb"
+        assert guest.mounts[0]["source"] == guest.device_map["xvdb"]
+    for image in images:
+        assert_clean(image, root)
+
+
+def test_block_device_disk_and_refusal_when_mounted(tmp_path):
+    """A disk given as a block device works; refused while that device is mounted."""
+    tree = root_tree(tmp_path, "/dev/xvda / ext4 defaults 0 1\n")
+    image = str(make_fs(tmp_path, "ext4", 32 * MiB, tree))
+    device = attach(image)
+    try:
+        with GuestMount([device.device]) as guest:
+            root = guest.root
+            assert guest.root_partition == "xvda"
+            assert os.path.isfile(guest.guest_path("/etc/os-release"))
+        assert_clean(device.device, root)
+        elsewhere = tmp_path / "mnt"
+        elsewhere.mkdir()
+        subprocess.run(["mount", "-o", "ro", device.device, str(elsewhere)], check=True)
+        try:
+            with pytest.raises(GuestError, match="mounted on the host"):
+                with GuestMount([device.device]):
+                    pass
+        finally:
+            subprocess.run(["umount", str(elsewhere)], check=True)
+    finally:
+        device.detach()
+    assert loops_for_file(image) == []

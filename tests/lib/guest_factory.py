@@ -1,0 +1,745 @@
+#!/usr/bin/env python3
+"""Build Debian test guests shaped like XenServer/XCP-ng VMs (raw disks + VM description + XVA).
+
+    from guest_factory import VARIANTS, build_variant
+    img = build_variant("deb12-pv", tmp_path)      # cached after the first build
+    img.disks            # [Path(.../disk0.raw), ...] private copies, in userdevice order
+    img.vm               # xva_writer.VM referencing those images
+    img.xva(tmp_path / "deb12-pv.xva", checksum="xxhash", compression=None)
+
+CLI:  python tests/lib/guest_factory.py build VARIANT|all --out DIR [--xva] [--checksum sha1]
+      python tests/lib/guest_factory.py list
+
+How it is built (root needed; no mounts for PV guests):
+  1. debootstrap --variant=minbase --include=<packages> SUITE into a tree cached per
+     suite/init/package list (``trees/`` in the cache).
+  2. A copy of the tree is shaped like a Xen guest (fstab on /dev/xvdX, pygrub grub.cfg with
+     console=hvc0, Xen-only MODULES=list initramfs, static eth0, persistent-net rule, hvc0
+     getty, root password); the chroot steps run with /proc, /sys, /dev bind-mounted and always
+     unmounted again.
+  3. ``mkfs.ext4 -d`` builds the filesystems from the tree without mounting, ``sfdisk`` writes
+     the MBR table on the image file, ``dd conv=sparse,notrunc`` puts the filesystems at their
+     partition offsets. Only the HVM guest mounts (loop + offset) to run grub-install.
+  4. The finished images go to ``images/`` in the cache; ``build_variant`` hands out sparse
+     copies, so callers may modify them.
+
+Cache: $XEN2KVM_GUEST_CACHE or /var/cache/xen2kvm-test-guests. Entries are keyed by a hash of
+CACHE_VERSION + the spec, written under a temporary name and renamed when complete, and built
+under an fcntl lock so concurrent pytest processes build each thing once.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from guest_variants import ROOT_PASSWORD, SPECS, VARIANTS, VariantSpec  # noqa: E402
+
+# Bump to invalidate every cached tree and image (e.g. when the shaping logic changes).
+CACHE_VERSION = 3
+CACHE_DIR = Path(os.environ.get("XEN2KVM_GUEST_CACHE", "/var/cache/xen2kvm-test-guests"))
+MIRROR = os.environ.get("XEN2KVM_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+MIB = 1024 * 1024
+SECTOR = 512
+XEN_INITRAMFS_MODULES = ("xen-blkfront", "xen-netfront", "ext4")
+
+__all__ = ["VARIANTS", "SPECS", "GuestImage", "Filesystem", "build_variant", "ensure_image",
+           "list_initramfs", "CACHE_DIR", "GuestBuildError", "SuiteUnavailable"]
+
+
+class GuestBuildError(RuntimeError):
+    pass
+
+
+class SuiteUnavailable(GuestBuildError):
+    """debootstrap could not get the suite from the mirror (e.g. moved to archive.debian.org)."""
+
+
+def log(msg: str) -> None:
+    print(f"[guest_factory] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, *, input=None, check=True, env=None, quiet=False) -> subprocess.CompletedProcess:
+    cmd = [str(c) for c in cmd]
+    if not quiet:
+        log("$ " + " ".join(cmd))
+    p = subprocess.run(cmd, input=input, capture_output=True, text=True, env=env)
+    if check and p.returncode != 0:
+        tail = (p.stdout[-2000:] + "\n" + p.stderr[-3000:]).strip()
+        raise GuestBuildError(f"command failed (rc={p.returncode}): {' '.join(cmd)}\n{tail}")
+    return p
+
+
+# --------------------------------------------------------------------------- facts / results
+@dataclass
+class Filesystem:
+    """One filesystem (or swap area) on one of the images."""
+    disk: int            # index into GuestImage.disks
+    offset: int          # bytes from the start of that disk
+    size: int            # bytes
+    fstype: str          # ext4 | ext2 | swap
+    mountpoint: str      # "/", "/boot", "none" for swap
+    device: str          # the guest's name for it under Xen, e.g. /dev/xvda1
+    uuid: str
+    partition: int | None = None   # MBR partition number, None for a bare disk
+
+
+@dataclass
+class GuestImage:
+    name: str
+    disks: list
+    vm: object                   # xva_writer.VM
+    suite: str
+    version_id: str
+    init: str
+    domain_type: str
+    root_device: str
+    swap_device: str
+    boot_device: str | None
+    has_separate_boot: bool
+    bare_fs: bool
+    mac: str
+    static_ip: str
+    static_prefix: int
+    gateway: str
+    hostname: str
+    root_password: str
+    kernel_version: str
+    kernel_cmdline: str          # the linux line's arguments in the guest's grub.cfg
+    filesystems: list
+    from_cache: bool             # True when the image came from the cache untouched
+    build_seconds: float         # time of the original (cold) build
+    cache_path: Path = field(repr=False, default=None)
+
+    @property
+    def root_fs(self) -> Filesystem:
+        return next(f for f in self.filesystems if f.mountpoint == "/")
+
+    @property
+    def boot_fs(self) -> Filesystem:
+        """The filesystem holding the kernels (``/boot`` when separate, else ``/``)."""
+        return next((f for f in self.filesystems if f.mountpoint == "/boot"), self.root_fs)
+
+    def boot_path(self, path: str) -> str:
+        """``/boot/x`` as a path inside boot_fs."""
+        if self.has_separate_boot:
+            assert path.startswith("/boot/")
+            return path[len("/boot"):]
+        return path
+
+    def xva(self, path, checksum: str = "xxhash", compression=None) -> Path:
+        from xva_writer import write_xva
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_xva(str(path), self.vm, checksum=checksum, compression=compression)
+        return path
+
+
+# --------------------------------------------------------------------------- cache + locking
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def tree_key(spec: VariantSpec) -> str:
+    pk = _digest({"v": CACHE_VERSION, "suite": spec.suite, "variant": "minbase",
+                  "packages": list(spec.packages)})
+    return f"{spec.suite}-{spec.init}-{pk}"
+
+
+def image_key(spec: VariantSpec) -> str:
+    d = dataclasses.asdict(spec)
+    d["extra_packages"] = list(spec.extra_packages)
+    return f"{spec.name}-{_digest({'v': CACHE_VERSION, 'tree': tree_key(spec), 'spec': d})}"
+
+
+@contextlib.contextmanager
+def _locked(key: str):
+    lockdir = CACHE_DIR / "locks"
+    lockdir.mkdir(parents=True, exist_ok=True)
+    with open(lockdir / f"{key}.lock", "w") as fh:
+        t0 = time.monotonic()
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another process building {key}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            log(f"lock {key} acquired after {time.monotonic() - t0:.0f}s")
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _mounts_under(path: Path) -> list:
+    """Mount points at or below path (from /proc/self/mountinfo), deepest first."""
+    path = os.path.realpath(path)
+    out = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            mp = line.split()[4].encode().decode("unicode_escape")
+            if mp == path or mp.startswith(path.rstrip("/") + "/"):
+                out.append(mp)
+    return sorted(out, key=len, reverse=True)
+
+
+def _umount(mp: str) -> None:
+    if run(["umount", mp], check=False, quiet=True).returncode != 0:
+        log(f"umount {mp} failed, detaching lazily")
+        run(["umount", "-l", mp], check=False, quiet=True)
+
+
+def _safe_rmtree(path: Path) -> None:
+    """Remove a (chroot) tree, never crossing into anything still mounted below it."""
+    if not os.path.lexists(path):
+        return
+    for mp in _mounts_under(path):
+        _umount(mp)
+    left = _mounts_under(path)
+    if left:
+        raise GuestBuildError(f"refusing to delete {path}: still mounted: {left}")
+    run(["rm", "-rf", "--one-file-system", str(path)], quiet=True)
+
+
+# --------------------------------------------------------------------------- chroot helpers
+@contextlib.contextmanager
+def chroot_mounts(root: Path):
+    """/proc, /sys, /dev, /dev/pts for a chroot at root; always unmounted on exit."""
+    root = Path(root)
+    done = []
+    try:
+        for src, rel, args in (("proc", "proc", ["-t", "proc"]),
+                               ("/sys", "sys", ["--bind"]),
+                               ("/dev", "dev", ["--bind"]),
+                               ("/dev/pts", "dev/pts", ["--bind"])):
+            dst = root / rel
+            dst.mkdir(parents=True, exist_ok=True)
+            run(["mount", *args, src, dst], quiet=True)
+            done.append(str(dst))
+        yield root
+    finally:
+        for mp in reversed(done):
+            _umount(mp)
+
+
+def chroot(root: Path, *cmd, input=None, check=True) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root",
+           "DEBIAN_FRONTEND": "noninteractive", "DEBCONF_NONINTERACTIVE_SEEN": "true"}
+    return run(["chroot", str(root), *cmd], input=input, check=check, env=env)
+
+
+@contextlib.contextmanager
+def _no_daemons(root: Path):
+    """policy-rc.d so package scripts in the chroot start no services."""
+    p = root / "usr/sbin/policy-rc.d"
+    p.write_text("#!/bin/sh\nexit 101\n")
+    p.chmod(0o755)
+    try:
+        yield
+    finally:
+        p.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def losetup(image: Path, offset: int = 0, sizelimit: int = 0, read_only: bool = False):
+    """Attach a loop device (optionally a slice of image); always detached on exit."""
+    cmd = ["losetup", "--find", "--show"]
+    if offset:
+        cmd += ["--offset", str(offset)]
+    if sizelimit:
+        cmd += ["--sizelimit", str(sizelimit)]
+    if read_only:
+        cmd.append("--read-only")
+    dev = run([*cmd, str(image)]).stdout.strip()
+    try:
+        yield dev
+    finally:
+        for _ in range(5):
+            if run(["losetup", "-d", dev], check=False, quiet=True).returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            log(f"WARNING: could not detach {dev}")
+
+
+@contextlib.contextmanager
+def mounted(dev: str, where: Path, options: str | None = None):
+    args = ["mount"] + (["-o", options] if options else []) + [dev, str(where)]
+    run(args)
+    try:
+        yield where
+    finally:
+        _umount(str(where))
+
+
+# --------------------------------------------------------------------------- trees
+def ensure_tree(spec: VariantSpec) -> Path:
+    """The debootstrap tree for spec's suite/init/packages, built once and cached."""
+    key = tree_key(spec)
+    final = CACHE_DIR / "trees" / key
+    if final.is_dir():
+        return final
+    with _locked(f"tree-{key}"):
+        if final.is_dir():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{key}"
+        _safe_rmtree(tmp)               # a crashed earlier build of the same key
+        t0 = time.monotonic()
+        log(f"debootstrap {spec.suite} ({spec.init}) -> {tmp}")
+        try:
+            try:
+                run(["debootstrap", "--variant=minbase", "--components=main",
+                     "--include=" + ",".join(spec.packages), spec.suite, tmp, MIRROR])
+            except GuestBuildError as e:
+                if re.search(r"Failed getting release file|Release signed by unknown key|"
+                             r"Invalid Release (file|signature)|No such script", str(e)):
+                    raise SuiteUnavailable(f"cannot debootstrap {spec.suite} from {MIRROR}: "
+                                           f"{e}") from e
+                raise
+            with chroot_mounts(tmp), _no_daemons(tmp):
+                chroot(tmp, "apt-get", "clean")
+            for mp in _mounts_under(tmp):       # debootstrap's own mounts, should be none
+                _umount(mp)
+            (final.parent / f"{key}.json").write_text(json.dumps(
+                {"suite": spec.suite, "init": spec.init, "packages": list(spec.packages),
+                 "mirror": MIRROR, "seconds": round(time.monotonic() - t0, 1)}, indent=1))
+            os.rename(tmp, final)
+        except BaseException:
+            _safe_rmtree(tmp)
+            raise
+        log(f"tree {key} built in {time.monotonic() - t0:.0f}s")
+        return final
+
+
+def _kernel_version(root: Path) -> str:
+    kernels = sorted((p.name[len("vmlinuz-"):] for p in (root / "boot").glob("vmlinuz-*")),
+                     key=lambda v: [int(x) if x.isdigit() else x for x in re.split(r"[.-]", v)])
+    if not kernels:
+        raise GuestBuildError(f"no kernel in {root}/boot")
+    return kernels[-1]
+
+
+def _write(root: Path, rel: str, text: str, mode: int = 0o644) -> None:
+    p = root / rel.lstrip("/")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.is_symlink():
+        p.unlink()
+    p.write_text(text)
+    p.chmod(mode)
+
+
+# --------------------------------------------------------------------------- layout
+def _layout(spec: VariantSpec, uuids: dict) -> list:
+    """Filesystems of the variant (offsets in bytes), in disk/partition order."""
+    fs = []
+    if spec.layout == "bare":
+        fs.append(Filesystem(0, 0, spec.disk_mib * MIB, "ext4", "/", "/dev/xvda1", uuids["root"]))
+        fs.append(Filesystem(1, 0, spec.swap_mib * MIB, "swap", "none", "/dev/xvda2",
+                             uuids["swap"]))
+        return fs
+    start = 1
+    parts = []
+    if spec.layout == "bootpart":
+        parts.append(("ext2", "/boot", spec.boot_mib, "boot"))
+        root_mib = spec.disk_mib - 1 - spec.boot_mib - spec.swap_mib
+    else:
+        root_mib = spec.disk_mib - 1 - spec.swap_mib
+    parts += [("ext4", "/", root_mib, "root"), ("swap", "none", spec.swap_mib, "swap")]
+    for n, (fstype, mp, size, role) in enumerate(parts, 1):
+        fs.append(Filesystem(0, start * MIB, size * MIB, fstype, mp, f"/dev/xvda{n}",
+                             uuids[role], partition=n))
+        start += size
+    return fs
+
+
+def _uuids(spec: VariantSpec) -> dict:
+    ns = uuid.uuid5(uuid.NAMESPACE_URL, f"xen2kvm-test-guest:{image_key(spec)}")
+    return {r: str(uuid.uuid5(ns, r)) for r in ("root", "boot", "swap", "vdi0", "vdi1", "vm")}
+
+
+def _cmdline(spec: VariantSpec, root_dev: str) -> str:
+    if spec.pv:
+        return f"root={root_dev} ro console=hvc0"
+    return f"root={root_dev} ro quiet"
+
+
+def _pv_args(spec: VariantSpec, root_dev: str) -> str:
+    return _cmdline(spec, root_dev) if spec.pv else ""
+
+
+# --------------------------------------------------------------------------- shaping
+def _shape_tree(spec: VariantSpec, root: Path, fss: list, kver: str) -> str:
+    """Make the copied tree look like a Xen guest. Returns the grub.cfg kernel arguments."""
+    rootfs = next(f for f in fss if f.mountpoint == "/")
+    swap = next(f for f in fss if f.fstype == "swap")
+    boot = next((f for f in fss if f.mountpoint == "/boot"), None)
+    cmdline = _cmdline(spec, rootfs.device)
+
+    _write(root, "/etc/hostname", spec.hostname + "\n")
+    _write(root, "/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{spec.hostname}\n\n"
+           "::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\n"
+           "ff02::2\tip6-allrouters\n")
+    # debootstrap copied the build host's resolv.conf: replace it by a documentation address.
+    _write(root, "/etc/resolv.conf", "nameserver 192.0.2.1\n")
+
+    fstab = ["# /etc/fstab: static file system information.", "#",
+             "# <file system> <mount point>   <type>  <options>       <dump>  <pass>"]
+    fstab.append(f"{rootfs.device}\t/\text4\terrors=remount-ro\t0\t1")
+    if boot:
+        fstab.append(f"{boot.device}\t/boot\t{boot.fstype}\tdefaults\t0\t2")
+    fstab.append(f"{swap.device}\tnone\tswap\tsw\t0\t0")
+    _write(root, "/etc/fstab", "\n".join(fstab) + "\n")
+
+    _write(root, "/etc/network/interfaces",
+           "# This file describes the network interfaces available on your system\n"
+           "# and how to activate them. For more information, see interfaces(5).\n\n"
+           "source /etc/network/interfaces.d/*\n\n"
+           "# The loopback network interface\nauto lo\niface lo inet loopback\n\n"
+           "# The primary network interface\nallow-hotplug eth0\niface eth0 inet static\n"
+           f"\taddress {spec.static_ip}/24\n\tgateway 192.0.2.1\n")
+    _write(root, "/etc/udev/rules.d/70-persistent-net.rules",
+           "# This file was automatically generated by the /lib/udev/write_net_rules\n"
+           "# program, run by the persistent-net-generator.rules rules file.\n#\n"
+           "# You can modify it, as long as you keep each rule on a single\n"
+           "# line, and change only the value of the NAME= key.\n\n"
+           "# Xen virtual network interface (vif)\n"
+           f'SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{{address}}=="{spec.mac}", '
+           'ATTR{dev_id}=="0x0", ATTR{type}=="1", KERNEL=="eth*", NAME="eth0"\n')
+
+    # Initramfs built "under Xen": only the Xen front ends and the root fs driver.
+    conf = root / "etc/initramfs-tools/initramfs.conf"
+    text = conf.read_text()
+    text, n = re.subn(r"(?m)^MODULES=\w+", "MODULES=list", text)
+    if n != 1:
+        raise GuestBuildError("MODULES= not found in initramfs.conf")
+    conf.write_text(text)
+    mods = root / "etc/initramfs-tools/modules"
+    mods.write_text(mods.read_text().rstrip("\n") + "\n" + "\n".join(XEN_INITRAMFS_MODULES) + "\n")
+    _write(root, "/etc/initramfs-tools/conf.d/resume", f"RESUME={swap.device}\n")
+
+    # Consoles.
+    if spec.pv:
+        if spec.init == "systemd":
+            unit = next(p for p in ("usr/lib/systemd/system/serial-getty@.service",
+                                    "lib/systemd/system/serial-getty@.service")
+                        if (root / p).exists())
+            link = root / "etc/systemd/system/getty.target.wants/serial-getty@hvc0.service"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to("/" + unit)
+        else:
+            inittab = root / "etc/inittab"
+            inittab.write_text(inittab.read_text().rstrip("\n")
+                               + "\n\n# Xen console\nh0:12345:respawn:/sbin/getty 38400 hvc0\n")
+
+    # Boot loader configuration.
+    kpath = "/" if boot else "/boot/"
+    if spec.pv:
+        # What pygrub reads: a hand-written grub2 config, no grub packages, no MBR code.
+        _write(root, "/boot/grub/grub.cfg",
+               "# pygrub configuration (no boot loader is installed in this PV guest)\n"
+               "set default=0\nset timeout=5\n\n"
+               f"menuentry 'Debian GNU/Linux, with Linux {kver}' {{\n"
+               f"\tlinux\t{kpath}vmlinuz-{kver} {cmdline}\n"
+               f"\tinitrd\t{kpath}initrd.img-{kver}\n}}\n")
+    else:
+        # What update-grub would have produced on Xen (10_linux style; device names kept as
+        # the installer wrote them). update-grub itself can't run here (grub-probe vs. loop).
+        r = rootfs.uuid
+        search = (f"\tinsmod part_msdos\n\tinsmod ext2\n"
+                  f"\tsearch --no-floppy --fs-uuid --set=root {r}\n")
+        _write(root, "/boot/grub/grub.cfg",
+               "#\n# DO NOT EDIT THIS FILE\n#\n# It is automatically generated by grub-mkconfig"
+               " using templates\n# from /etc/grub.d and settings from /etc/default/grub\n#\n\n"
+               "### BEGIN /etc/grub.d/00_header ###\n"
+               "set default=\"0\"\nset timeout=5\nterminal_output console\n"
+               "insmod part_msdos\ninsmod ext2\n"
+               f"search --no-floppy --fs-uuid --set=root {r}\n"
+               "### END /etc/grub.d/00_header ###\n\n"
+               "### BEGIN /etc/grub.d/10_linux ###\n"
+               f"menuentry 'Debian GNU/Linux' --class debian --class gnu-linux --class gnu "
+               f"--class os $menuentry_id_option 'gnulinux-simple-{r}' {{\n"
+               f"\tinsmod gzio\n{search}"
+               f"\techo\t'Loading Linux {kver} ...'\n"
+               f"\tlinux\t/boot/vmlinuz-{kver} {cmdline}\n"
+               "\techo\t'Loading initial ramdisk ...'\n"
+               f"\tinitrd\t/boot/initrd.img-{kver}\n}}\n"
+               "### END /etc/grub.d/10_linux ###\n")
+        _write(root, "/boot/grub/device.map", "(hd0)\t/dev/xvda\n")
+
+    with chroot_mounts(root), _no_daemons(root):
+        chroot(root, "chpasswd", input=f"root:{ROOT_PASSWORD}\n")
+        if not spec.pv:
+            # what d-i records on a Xen HVM install: grub-pc upgrades reinstall to /dev/xvda
+            chroot(root, "debconf-set-selections",
+                   input="grub-pc grub-pc/install_devices multiselect /dev/xvda\n")
+        chroot(root, "update-initramfs", "-u", "-k", kver)
+        listing = chroot(root, "lsinitramfs", f"/boot/initrd.img-{kver}").stdout
+    names = {Path(line).name for line in listing.splitlines()}
+    if not any(n.startswith("xen-blkfront.ko") for n in names):
+        raise GuestBuildError("initramfs lacks xen-blkfront")
+    if any(n.startswith("virtio_blk.ko") for n in names):
+        raise GuestBuildError("initramfs unexpectedly contains virtio_blk")
+    return cmdline
+
+
+# --------------------------------------------------------------------------- images
+def _mke2fs_features() -> list:
+    # orphan_file (default in e2fsprogs >= 1.47 on some distros) is unknown to bullseye's
+    # e2fsck 1.46; keep filesystems readable by every guest suite.
+    v = run(["mke2fs", "-V"], check=False, quiet=True).stderr
+    m = re.search(r"mke2fs (\d+)\.(\d+)", v)
+    if m and (int(m.group(1)), int(m.group(2))) >= (1, 47):
+        return ["-O", "^orphan_file"]
+    return []
+
+
+def _mkfs(fstype: str, image: Path, size: int, fs_uuid: str, src: Path | None) -> None:
+    with open(image, "wb") as fh:
+        fh.truncate(size)
+    if fstype == "swap":
+        run(["mkswap", "-U", fs_uuid, image])
+        return
+    cmd = [f"mkfs.{fstype}", "-q", "-F", "-U", fs_uuid, "-E", "root_owner=0:0"]
+    if fstype == "ext4":
+        cmd += _mke2fs_features()
+    if src is not None:
+        cmd += ["-d", src]
+    run([*cmd, image])
+
+
+def _dd_into(src: Path, disk: Path, offset: int) -> None:
+    assert offset % MIB == 0
+    run(["dd", f"if={src}", f"of={disk}", "bs=1M", f"seek={offset // MIB}",
+         "conv=sparse,notrunc", "status=none"])
+
+
+def _sfdisk_script(spec: VariantSpec, fss: list) -> str:
+    label_id = "0x" + hashlib.sha256(spec.name.encode()).hexdigest()[:8]
+    lines = ["label: dos", f"label-id: {label_id}", "unit: sectors", ""]
+    first = True
+    for f in fss:
+        typ = "82" if f.fstype == "swap" else "83"
+        boot = ", bootable" if first else ""
+        lines.append(f"start={f.offset // SECTOR}, size={f.size // SECTOR}, type={typ}{boot}")
+        first = False
+    return "\n".join(lines) + "\n"
+
+
+def _install_grub_pc(disk: Path, rootfs: Filesystem, workdir: Path) -> None:
+    """grub-install --target=i386-pc into the image's MBR, from a chroot of its own root."""
+    mnt = workdir / "mnt"
+    mnt.mkdir(exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        whole = stack.enter_context(losetup(disk))
+        part = stack.enter_context(losetup(disk, offset=rootfs.offset, sizelimit=rootfs.size))
+        stack.enter_context(mounted(part, mnt))
+        stack.enter_context(chroot_mounts(mnt))
+        chroot(mnt, "grub-install", "--target=i386-pc", "--no-floppy", whole)
+        # grub-install may record the build loop device; keep the guest's own view.
+        _write(mnt, "/boot/grub/device.map", "(hd0)\t/dev/xvda\n")
+    if _mounts_under(mnt):
+        raise GuestBuildError(f"{mnt} still mounted after grub-install")
+
+
+def _build_image(spec: VariantSpec, out: Path) -> dict:
+    """Build the variant's disks into directory out; returns the meta record."""
+    t0 = time.monotonic()
+    tree = ensure_tree(spec)
+    uuids = _uuids(spec)
+    fss = _layout(spec, uuids)
+    stage = out / "stage"
+    root = stage / "root"
+    stage.mkdir(parents=True)
+    try:
+        log(f"copying {tree} -> {root}")
+        run(["cp", "-a", "--reflink=auto", tree, root], quiet=True)
+        kver = _kernel_version(root)
+        cmdline = _shape_tree(spec, root, fss, kver)
+        boot = next((f for f in fss if f.mountpoint == "/boot"), None)
+        srcs = {"/": root}
+        if boot:
+            bootdir = stage / "boot"
+            bootdir.mkdir()
+            for p in (root / "boot").iterdir():
+                p.rename(bootdir / p.name)
+            srcs["/boot"] = bootdir
+
+        ndisks = max(f.disk for f in fss) + 1
+        disks = [out / f"disk{i}.raw" for i in range(ndisks)]
+        if spec.layout == "bare":
+            for f in fss:
+                _mkfs(f.fstype, disks[f.disk], f.size, f.uuid, srcs.get(f.mountpoint))
+        else:
+            with open(disks[0], "wb") as fh:
+                fh.truncate(spec.disk_mib * MIB)
+            run(["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", disks[0]],
+                input=_sfdisk_script(spec, fss))
+            for f in fss:
+                img = stage / f"part{f.partition}.img"
+                _mkfs(f.fstype, img, f.size, f.uuid, srcs.get(f.mountpoint))
+                _dd_into(img, disks[0], f.offset)
+                img.unlink()
+            if not spec.pv:
+                _install_grub_pc(disks[0], next(f for f in fss if f.mountpoint == "/"), stage)
+    finally:
+        _safe_rmtree(stage)
+    meta = {
+        "name": spec.name, "key": image_key(spec), "tree": tree_key(spec),
+        "kernel_version": kver, "kernel_cmdline": cmdline,
+        "filesystems": [dataclasses.asdict(f) for f in fss],
+        "disks": [d.name for d in disks],
+        "build_seconds": round(time.monotonic() - t0, 1),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def ensure_image(name: str) -> tuple:
+    """(cache dir of the finished variant, meta, built_now)."""
+    spec = SPECS[name]
+    key = image_key(spec)
+    final = CACHE_DIR / "images" / key
+    if (final / "meta.json").is_file():
+        return final, json.loads((final / "meta.json").read_text()), False
+    with _locked(f"image-{key}"):
+        if (final / "meta.json").is_file():
+            return final, json.loads((final / "meta.json").read_text()), False
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{key}"
+        _safe_rmtree(tmp)
+        tmp.mkdir()
+        try:
+            log(f"building {name} ({key})")
+            meta = _build_image(spec, tmp)
+            os.rename(tmp, final)
+        except BaseException:
+            _safe_rmtree(tmp)
+            raise
+        log(f"{name} built in {meta['build_seconds']}s")
+        return final, meta, True
+
+
+def _sparse_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".part")
+    run(["cp", "--sparse=always", "--reflink=auto", src, tmp], quiet=True)
+    os.replace(tmp, dst)
+
+
+def build_variant(name: str, workdir, copy: bool = True) -> GuestImage:
+    """Build (or take from the cache) variant `name`; private copies of its disks go to workdir.
+
+    copy=False hands out the cached images themselves: for read-only inspection only.
+    """
+    if name not in SPECS:
+        raise KeyError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    spec = SPECS[name]
+    cached, meta, built = ensure_image(name)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    disks = []
+    for i, fname in enumerate(meta["disks"]):
+        if not copy:
+            disks.append(cached / fname)
+            continue
+        dst = workdir / f"{name}-disk{i}.raw"
+        _sparse_copy(cached / fname, dst)
+        disks.append(dst)
+    fss = [Filesystem(**f) for f in meta["filesystems"]]
+    rootfs = next(f for f in fss if f.mountpoint == "/")
+    swap = next(f for f in fss if f.fstype == "swap")
+    boot = next((f for f in fss if f.mountpoint == "/boot"), None)
+    return GuestImage(
+        name=name, disks=disks, vm=_make_vm(spec, disks, rootfs.device, _uuids(spec)),
+        suite=spec.suite, version_id=spec.version_id, init=spec.init,
+        domain_type=spec.domain_type, root_device=rootfs.device, swap_device=swap.device,
+        boot_device=boot.device if boot else None, has_separate_boot=boot is not None,
+        bare_fs=spec.layout == "bare", mac=spec.mac, static_ip=spec.static_ip,
+        static_prefix=24, gateway="192.0.2.1", hostname=spec.hostname,
+        root_password=ROOT_PASSWORD, kernel_version=meta["kernel_version"],
+        kernel_cmdline=meta["kernel_cmdline"], filesystems=fss, from_cache=not built,
+        build_seconds=meta["build_seconds"], cache_path=cached)
+
+
+def _make_vm(spec: VariantSpec, disks: list, root_dev: str, uuids: dict):
+    from xva_writer import VM, Disk, Nic
+    if spec.layout == "bare":
+        devices = ["xvda1", "xvda2"]     # PV partition-style devices given as whole disks
+        names = ["root", "swap"]
+    else:
+        devices = ["xvda"]
+        names = ["root"]
+    vdisks = [Disk(image=str(d), userdevice=i, device=devices[i], bootable=(i == 0),
+                   name=f"{spec.name} {names[i]}", vdi_uuid=uuids[f"vdi{i}"])
+              for i, d in enumerate(disks)]
+    return VM(name=spec.name, uuid=uuids["vm"], vcpus=spec.vcpus, memory_bytes=spec.memory_mib * MIB,
+              domain_type=spec.domain_type,
+              pv_bootloader="pygrub" if spec.pv else "",
+              pv_args=_pv_args(spec, root_dev),
+              disks=vdisks, nics=[Nic(device=0, mac=spec.mac)])
+
+
+# --------------------------------------------------------------------------- inspection helpers
+def list_initramfs(initrd: Path, tree_hint: VariantSpec | None = None) -> list:
+    """File list of an initramfs: host lsinitramfs, else the cached guest tree's (chroot)."""
+    if shutil.which("lsinitramfs"):
+        return run(["lsinitramfs", initrd], quiet=True).stdout.splitlines()
+    if tree_hint is None:
+        raise GuestBuildError("lsinitramfs not installed (apt-get install initramfs-tools-core)")
+    tree = ensure_tree(tree_hint)
+    inside = tree / "tmp" / f"initrd-{os.getpid()}"
+    shutil.copyfile(initrd, inside)
+    try:
+        return chroot(tree, "lsinitramfs", f"/tmp/{inside.name}").stdout.splitlines()
+    finally:
+        inside.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="list the variants")
+    b = sub.add_parser("build", help="build a variant (or 'all') and copy its disks to --out")
+    b.add_argument("variant", choices=VARIANTS + ["all"])
+    b.add_argument("--out", required=True, type=Path)
+    b.add_argument("--xva", action="store_true", help="also write OUT/VARIANT.xva")
+    b.add_argument("--checksum", default="xxhash", choices=["xxhash", "sha1"])
+    b.add_argument("--compression", default=None, choices=["gzip", "zstd"])
+    a = ap.parse_args(argv)
+    if a.cmd == "list":
+        for n in VARIANTS:
+            s = SPECS[n]
+            print(f"{n:20} {s.suite:9} {s.init:9} {s.domain_type:4} {s.layout}")
+        return 0
+    names = VARIANTS if a.variant == "all" else [a.variant]
+    for n in names:
+        t0 = time.monotonic()
+        img = build_variant(n, a.out)
+        line = {"name": n, "disks": [str(d) for d in img.disks], "from_cache": img.from_cache,
+                "seconds": round(time.monotonic() - t0, 1), "root_device": img.root_device,
+                "kernel": img.kernel_version}
+        if a.xva:
+            line["xva"] = str(img.xva(a.out / f"{n}.xva", checksum=a.checksum,
+                                      compression=a.compression))
+        print(json.dumps(line), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
