@@ -14,8 +14,8 @@ short_description: Read the VM description from a XenServer / XCP-ng XVA export
 version_added: "0.1.0"
 description:
   - Reads only the C(ova.xml) member at the start of an XVA (plain, gzip or zstd, recognised by
-    magic bytes) and returns the exported VM as the collection's C(spec): name, vCPUs, memory,
-    PV or HVM, firmware, disks in C(userdevice) order and NICs in C(device) order.
+    magic bytes) and returns the exported VM as the collection's C(spec) with its name, vCPUs,
+    memory, PV or HVM, firmware, disks in C(userdevice) order and NICs in C(device) order.
   - Returns at once even for a very large XVA, since the disk data is never read.
   - CD drives, ISO images and suspend images are not listed as disks.
 author:
