@@ -108,7 +108,7 @@ def qemu_img():
 def convert_raw_to_qcow2(raw_path, qcow2_path):
     """qemu-img skips the raw file's holes (SEEK_DATA), so this costs the data, not the size."""
     result = subprocess.run([qemu_img(), "convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "preallocation=off",
-                             raw_path, qcow2_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             raw_path, qcow2_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
     if result.returncode != 0:
         remove_quietly(qcow2_path)
         raise ImageError("qemu-img convert to qcow2 failed for %s: %s"
@@ -119,7 +119,7 @@ def convert_raw_to_qcow2(raw_path, qcow2_path):
 def check_qcow2(path):
     """Run ``qemu-img check`` (JSON output) and fail on any corruption or leak."""
     result = subprocess.run([qemu_img(), "check", "-f", "qcow2", "--output=json", path],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
     try:
         report = json.loads(result.stdout.decode("utf-8") or "{}")
     except ValueError:

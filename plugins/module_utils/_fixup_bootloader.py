@@ -116,7 +116,7 @@ def grub_probe_script(table):
 
 
 def _run_host(argv):
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     if proc.returncode != 0:
         raise BootloaderError("%s failed: %s" % (" ".join(argv), proc.stderr.strip()))
 
@@ -157,7 +157,7 @@ def kvm_view(root, table):
         yield
     finally:
         for path in reversed(mounted):
-            subprocess.run(["umount", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            subprocess.run(["umount", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
         for name in os.listdir(script_dir):
             os.unlink(os.path.join(script_dir, name))
         os.rmdir(script_dir)

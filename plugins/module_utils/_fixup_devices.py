@@ -76,7 +76,6 @@ class DeviceMap:
             return prefix + self.by_letters[letters] + partition
         return device
 
-
     def stable(self, device):
         """``UUID=...`` for a device whose filesystem UUID is known, else the KVM name: UUIDs do
         not depend on the order disks are attached in."""

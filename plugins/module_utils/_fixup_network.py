@@ -36,8 +36,8 @@ def ifupdown_to_dhcp(text):
             in_static = words[2] == "inet" and words[3] == "static"
             if in_static:
                 line = line.replace("static", "dhcp", 1)
-        elif words and words[0] in ("auto", "allow-hotplug", "source", "source-directory", "mapping") \
-                or words[:1] and words[0].startswith("allow-"):
+        elif words and (words[0] in ("auto", "source", "source-directory", "mapping")
+                        or words[0].startswith("allow-")):
             in_static = False
         elif in_static and words and words[0] in ("address", "netmask", "gateway", "network", "broadcast",
                                                    "dns-nameservers", "dns-search"):

@@ -39,7 +39,7 @@ except ImportError:
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._ova_xml import (
     MAX_OVA_XML_BYTES, OvaXmlError, parse_ova_xml, vm_spec)
-from ansible_collections.xen2kvm.migration.plugins.module_utils._tar_stream import TarFormatError, TarStream
+from ansible_collections.xen2kvm.migration.plugins.module_utils._tar_stream import TarFormatError
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_source import (
     MissingLibraryError, SourceError)
 
@@ -256,7 +256,7 @@ class XvaReader:
         self._pending = None
         self.current = None
         self.free = queue.Queue()
-        for _ in range(QUEUE_DEPTH + 2):
+        for _slot in range(QUEUE_DEPTH + 2):
             self.free.put(bytearray(DEFAULT_CHUNK))
 
     def _next(self):

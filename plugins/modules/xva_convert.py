@@ -24,7 +24,7 @@ description:
   - A manifest (C(.<first image name>.xen2kvm.json)) beside the images records what they were made from, so
     a rerun on the same source is C(changed=false).
 author:
-  - xen2kvm developers
+  - xen2kvm developers (@xen2kvm)
 extends_documentation_fragment:
   - xen2kvm.migration.xva_source
 options:
@@ -111,7 +111,7 @@ spec:
   returned: success
   type: dict
 disks:
-  description: The images, in the order of RV(spec.disks) (userdevice order).
+  description: The images, in the order of the disks in RV(spec) (userdevice order).
   returned: success
   type: list
   elements: dict

@@ -19,7 +19,7 @@ description:
   - Returns at once even for a very large XVA, since the disk data is never read.
   - CD drives, ISO images and suspend images are not listed as disks.
 author:
-  - xen2kvm developers
+  - xen2kvm developers (@xen2kvm)
 extends_documentation_fragment:
   - xen2kvm.migration.xva_source
 attributes:
@@ -125,6 +125,7 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_convert imp
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_module import SOURCE_ARGUMENT_SPEC, url_options
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_reader import XvaError
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_source import MissingLibraryError
+
 
 def main():
     module = AnsibleModule(
