@@ -1,0 +1,179 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: xen2kvm developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: guest_fixup
+short_description: Make a converted Xen guest bootable on KVM
+version_added: "0.1.0"
+description:
+  - Mounts the guest's raw disk images (loop devices at the partition offsets, no kpartx, no
+    udev), inspects the guest, refuses what it cannot convert before changing anything, then
+    applies the fixups a Xen guest needs on KVM, in this order.
+  - C(bare_fs) a disk that is one bare filesystem (a PV guest's C(xvda1)) gets a partition table,
+    the filesystem at 1 MiB.
+  - C(devices) C(xvd*)/C(hd*)/C(sd*) become C(vd*) (or C(UUID=)) in fstab, crypttab and the resume setting.
+  - C(console) C(console=hvc0) becomes C(console=tty0 console=ttyS0,115200) in both
+    C(GRUB_CMDLINE_LINUX) variables and grub-legacy; inittab, securetty and systemd getty links follow.
+  - C(initramfs) virtio drivers in the initramfs of every kernel, verified after the rebuild.
+  - C(bootloader) grub-pc installed when missing, C(grub-install) into the MBR, grub.cfg made by
+    the guest's grub-mkconfig with C(root=UUID=).
+  - C(network) stale persistent-net rules removed, C(net.ifnames=0) so the NIC stays C(eth0),
+    C(enX0) names renamed; static addresses kept unless O(network=dhcp).
+  - C(remove_xen_tools) xe-guest-utilities purged; C(guest_agent) qemu-guest-agent installed, or
+    scheduled for the first boot when the guest's mirror is unreachable.
+  - C(firstboot) a one-shot job for what only the running guest can do (C(grub-install /dev/vda),
+    C(update-grub)); it removes itself. C(cleanup) stale blkid/LVM caches removed.
+  - Every edited file keeps a backup (C(<file>.xen2kvm)) and every change is logged in the guest's
+    C(/var/log/xen2kvm-fixup.log). A second run reports no change.
+  - Mounts and loop devices are always released, on success, error and SIGTERM.
+author:
+  - xen2kvm developers (@xen2kvm)
+options:
+  disks:
+    description:
+      - Raw disk images (or block devices) in boot order; the first one is the boot disk.
+      - An image that is mounted, attached to a loop device or used by a running VM is refused.
+    type: list
+    elements: path
+    required: true
+  spec:
+    description:
+      - The VM spec from M(xen2kvm.migration.xva_info) or M(xen2kvm.migration.xva_convert). Gives
+        the Xen device name of each disk (for fstab and C(root=)) and the firmware.
+    type: dict
+  fixups:
+    description:
+      - Switch single fixups off, for example C({guest_agent: false}). All are on by default.
+      - Keys are C(bare_fs), C(devices), C(console), C(initramfs), C(bootloader), C(network),
+        C(remove_xen_tools), C(guest_agent), C(firstboot), C(cleanup).
+    type: dict
+    default: {}
+  network:
+    description: Keep the guest's addresses (C(keep)) or switch static IPv4 to DHCP (C(dhcp)).
+    type: str
+    choices: [keep, dhcp]
+    default: keep
+  apt_proxy:
+    description: HTTP proxy for apt inside the guest (for example C(http://proxy:3128)).
+    type: str
+  apt_mirror:
+    description: A Debian mirror URL to use in addition to the guest's sources while fixing it.
+    type: str
+  resolv_conf:
+    description:
+      - Name resolution for apt inside the guest. C(host) uses this host's C(/etc/resolv.conf)
+        while apt runs (the guest's file comes back afterwards), C(guest) keeps the guest's, or
+        give the path of a file to use.
+    type: str
+    default: host
+attributes:
+  check_mode:
+    support: full
+    description: Inspects the guest (mounted read-only) and reports the planned changes.
+  diff_mode:
+    support: full
+    description: Shows each edited file.
+notes:
+  - Needs root, loop devices, C(mount) and C(chroot) on the host doing the work.
+  - Supports Debian-family guests; others fail with "not supported" before anything is changed.
+  - Works on raw images; convert to qcow2 afterwards if wanted.
+seealso:
+  - module: xen2kvm.migration.xva_convert
+  - module: xen2kvm.migration.kvm_domain
+"""
+
+EXAMPLES = r"""
+- name: Make the converted guest bootable on KVM
+  xen2kvm.migration.guest_fixup:
+    disks: "{{ converted.disks | map(attribute='path') | list }}"
+    spec: "{{ converted.spec }}"
+  register: fixed
+
+- name: The same, switching the guest to DHCP and leaving the guest agent out
+  xen2kvm.migration.guest_fixup:
+    disks: [/var/lib/libvirt/images/TestVM01-disk0.raw]
+    network: dhcp
+    fixups:
+      guest_agent: false
+    apt_proxy: http://proxy.example.com:3128
+"""
+
+RETURN = r"""
+facts:
+  description: The inspection of the guest (os, init, kernels, bootloader, network, fstab, tools).
+  returned: always
+  type: dict
+changes:
+  description: What was changed (or, in check mode, would be), one entry per change.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    fixup:
+      description: The fixup that made the change.
+      type: str
+      sample: console
+    action:
+      description: C(edit), C(create), C(remove), C(symlink), C(run) or C(repartition).
+      type: str
+    path:
+      description: The guest file, or the command that was run.
+      type: str
+      sample: /etc/default/grub
+    why:
+      description: Why the change is needed.
+      type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_fixup import FIXUPS, FixupError, fix_guest
+from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table import GuestError
+
+
+def enabled_fixups(module):
+    switches = module.params["fixups"] or {}
+    unknown = sorted(set(switches) - set(FIXUPS))
+    if unknown:
+        module.fail_json(msg="unknown fixups %s; known: %s" % (", ".join(unknown), ", ".join(FIXUPS)))
+    return [name for name in FIXUPS if module.boolean(switches.get(name, True))]
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            disks=dict(type="list", elements="path", required=True),
+            spec=dict(type="dict"),
+            fixups=dict(type="dict", default={}),
+            network=dict(type="str", choices=["keep", "dhcp"], default="keep"),
+            apt_proxy=dict(type="str"),
+            apt_mirror=dict(type="str"),
+            resolv_conf=dict(type="str", default="host"),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        result = fix_guest(params["disks"], spec=params["spec"], enabled=enabled_fixups(module),
+                           network=params["network"], apt_proxy=params["apt_proxy"],
+                           apt_mirror=params["apt_mirror"], resolv_conf=params["resolv_conf"],
+                           check_mode=module.check_mode)
+    except (FixupError, GuestError) as exc:
+        module.fail_json(msg=str(exc))
+    for warning in result.pop("warnings"):
+        module.warn(warning)
+    diffs = result.pop("diff")
+    if module._diff:
+        result["diff"] = diffs
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
