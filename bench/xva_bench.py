@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of xva_convert against its anchors (issue 2). A script, not a test: it prints a
 table of times and ratios and writes it to docs/performance.md.
 
@@ -8,6 +7,8 @@ table of times and ratios and writes it to docs/performance.md.
   gzip    gzip -dc > /dev/null (and pigz -dc, when installed) of the gzip XVA
 
 Every command runs with a warm page cache (the XVA is read once before), best of --runs.
+
+Run: make bench, or .venv/bin/python bench/xva_bench.py [--runs N] (no shebang: run it with python).
 """
 
 import argparse
@@ -65,7 +66,7 @@ def timed(cmd, shell=False, **kw):
 
 
 def best(runs, func):
-    return min(func() for _ in range(runs))
+    return min(func() for _run in range(runs))
 
 
 def convert_cmd(xva, dest):

@@ -19,6 +19,7 @@ import re
 
 PERSISTENT_NET_RULES = "/etc/udev/rules.d/70-persistent-net.rules"
 _ENX = re.compile(r"\benX(\d+)\b")
+STATIC_ONLY_KEYWORDS = ("address", "netmask", "gateway", "network", "broadcast", "dns-nameservers", "dns-search")
 
 
 def rename_xen_interfaces(text):
@@ -39,8 +40,7 @@ def ifupdown_to_dhcp(text):
         elif words and (words[0] in ("auto", "source", "source-directory", "mapping")
                         or words[0].startswith("allow-")):
             in_static = False
-        elif in_static and words and words[0] in ("address", "netmask", "gateway", "network", "broadcast",
-                                                   "dns-nameservers", "dns-search"):
+        elif in_static and words and words[0] in STATIC_ONLY_KEYWORDS:
             continue
         out.append(line)
     return "".join(out)

@@ -31,6 +31,9 @@ except ImportError:
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Compressions XenServer never writes but a user may have applied to a saved export.
+FOREIGN_MAGICS = ((b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x04\x22\x4d\x18", "lz4"),
+                  (b"\x89LZO", "lzop"), (b"PK\x03\x04", "zip"), (b"7z\xbc\xaf\x27\x1c", "7z"))
 READ_SIZE = 4 << 20
 
 
@@ -212,11 +215,15 @@ def describe_source(src):
 
 
 def detect_compression(raw):
-    magic = raw.peek_magic(4)
+    magic = raw.peek_magic(6)
     if magic.startswith(GZIP_MAGIC):
         return "gzip"
-    if magic == ZSTD_MAGIC:
+    if magic.startswith(ZSTD_MAGIC):
         return "zstd"
+    for prefix, name in FOREIGN_MAGICS:
+        if magic.startswith(prefix):
+            raise SourceError("not an XVA: the stream is %s-compressed; XenServer writes plain, gzip or zstd "
+                              "exports, so decompress it first (or pipe it through %s -dc)" % (name, name))
     return None
 
 

@@ -50,7 +50,7 @@ options:
     type: dict
   fixups:
     description:
-      - Switch single fixups off, for example C({guest_agent: false}). All are on by default.
+      - "Switch single fixups off, for example C({guest_agent: false}). All are on by default."
       - Keys are C(bare_fs), C(devices), C(console), C(initramfs), C(bootloader), C(network),
         C(remove_xen_tools), C(guest_agent), C(firstboot), C(cleanup).
     type: dict

@@ -39,7 +39,7 @@ def run_module(module, args, check=False, diff=False, expect_fail=False, interpr
                    ANSIBLE_NOCOLOR="1", **(extra_env or {}))
         cmd = [str(PLAYBOOK), "-i", "localhost,", "-c", "local", str(playbook)]
         cmd += (["--check"] if check else []) + (["--diff"] if diff else [])
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
         assert proc.returncode == 0, proc.stdout
         result = json.loads(out.read_text())
     assert bool(result.get("failed")) == expect_fail, result

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build Debian test guests shaped like XenServer/XCP-ng VMs (raw disks + VM description + XVA).
 
     from guest_factory import VARIANTS, build_variant
@@ -76,7 +75,7 @@ def run(cmd, *, input=None, check=True, env=None, quiet=False) -> subprocess.Com
     cmd = [str(c) for c in cmd]
     if not quiet:
         log("$ " + " ".join(cmd))
-    p = subprocess.run(cmd, input=input, capture_output=True, text=True, env=env)
+    p = subprocess.run(cmd, input=input, capture_output=True, text=True, env=env, check=False)
     if check and p.returncode != 0:
         tail = (p.stdout[-2000:] + "\n" + p.stderr[-3000:]).strip()
         raise GuestBuildError(f"command failed (rc={p.returncode}): {' '.join(cmd)}\n{tail}")
@@ -266,7 +265,7 @@ def losetup(image: Path, offset: int = 0, sizelimit: int = 0, read_only: bool = 
     try:
         yield dev
     finally:
-        for _ in range(5):
+        for _attempt in range(5):
             if run(["losetup", "-d", dev], check=False, quiet=True).returncode == 0:
                 break
             time.sleep(0.5)
@@ -712,7 +711,7 @@ def list_initramfs(initrd: Path, tree_hint: VariantSpec | None = None) -> list:
 
 # --------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list the variants")
     b = sub.add_parser("build", help="build a variant (or 'all') and copy its disks to --out")

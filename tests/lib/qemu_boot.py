@@ -89,8 +89,8 @@ class QemuGuest:
             if not data:
                 raise BootFailed("console closed before %r appeared:\n%s" % (pattern, self.tail()))
             self.transcript += data
-        raise BootFailed("no %r on the serial console within %ss:\n%s" % (pattern, timeout or self.timeout,
-                                                                           self.tail()))
+        waited = timeout or self.timeout
+        raise BootFailed("no %r on the serial console within %ss:\n%s" % (pattern, waited, self.tail()))
 
     def send(self, text):
         self.sock.sendall(text.encode())

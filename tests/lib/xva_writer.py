@@ -618,13 +618,13 @@ def write_xva(out, vm: VM, *, checksum: str | None = "xxhash", compression: str 
 
     vm_id = new_id()
     vm_uuid = vm.uuid or _u()
-    vif_ids = [new_id() for _ in vm.nics]
+    vif_ids = [new_id() for _nic in vm.nics]
     net_ids: dict = {}
     for nic in vm.nics:
         key = (nic.network, nic.bridge)
         if key not in net_ids:
             net_ids[key] = (new_id(), _u())
-    vbd_ids = [new_id() for _ in vm.disks]
+    vbd_ids = [new_id() for _disk in vm.disks]
     cd_id = new_id() if vm.cd_drive else None
     sr_ids: dict = {}
     for d in vm.disks:

@@ -75,9 +75,9 @@ def test_output_is_sparse_for_omitted_and_present_zero_chunks(tmp_path):
     content = sparse_disk({0: None, 40: None}, size=64 * MiB)
     vm = VM(disks=[Disk(image=content)])
     for keep_zero in (False, True):
-        xva = tmp_path / ("z%d.xva" % keep_zero)
+        xva = tmp_path / ("z%d.xva" % int(keep_zero))
         write_xva(str(xva), vm, keep_zero_chunks=keep_zero)
-        disk = convert_xva(str(xva), str(tmp_path / ("o%d" % keep_zero)))["disks"][0]
+        disk = convert_xva(str(xva), str(tmp_path / ("o%d" % int(keep_zero))))["disks"][0]
         assert image_bytes(disk["path"]) == content
         assert disk["allocated_bytes"] <= 3 * MiB
 
@@ -163,6 +163,16 @@ def test_bad_input_fails_clearly_and_leaves_nothing(tmp_path, fault, compression
     assert not os.path.exists("/etc/x")
 
 
+@pytest.mark.parametrize("tool", ["bzip2", "xz"])
+def test_foreign_compression_is_named(tmp_path, tool):
+    xva = tmp_path / "f.xva"
+    write_xva(str(xva), VM(disks=[Disk(image=sparse_disk({0: None}))]))
+    subprocess.run([tool, "-1", str(xva)], check=True)
+    with pytest.raises(XvaError, match="%s-compressed" % tool):
+        convert_xva(str(xva) + {"bzip2": ".bz2", "xz": ".xz"}[tool], str(tmp_path / "o"))
+    assert leftovers(tmp_path / "o") == []
+
+
 def test_gzip_corruption_is_reported(tmp_path):
     xva = tmp_path / "g.xva"
     write_xva(str(xva), VM(disks=[Disk(image=sparse_disk({0: None, 1: None}))]), compression="gzip")
@@ -194,7 +204,7 @@ def test_check_mode_plans_without_writing(tmp_path, two_disk_vm):
     result = convert_xva(str(xva), str(tmp_path / "o"), fmt="qcow2", check_mode=True)
     assert result["changed"] is True
     assert [d["path"] for d in result["disks"]] == [str(tmp_path / "o" / "Test_VM_01-disk0.qcow2"),
-                                                     str(tmp_path / "o" / "Test_VM_01-disk1.qcow2")]
+                                                    str(tmp_path / "o" / "Test_VM_01-disk1.qcow2")]
     assert not (tmp_path / "o").exists()
 
 

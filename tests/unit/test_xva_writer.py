@@ -40,14 +40,14 @@ def walk(raw: bytes):
 
 
 def ova_of(raw: bytes) -> dict:
-    for name, _, data, _ in walk(raw):
+    for name, _size, data, _hdr in walk(raw):
         if name == "ova.xml":
             return parse_ova(data.decode())
     raise AssertionError("no ova.xml")
 
 
 def parse_ova(text: str) -> dict:
-    (value,), _ = xmlrpc.client.loads("<params><param>%s</param></params>" % text)
+    (value,), _method = xmlrpc.client.loads("<params><param>%s</param></params>" % text)
     return value
 
 
@@ -55,7 +55,7 @@ def reconstruct(raw: bytes, ref: str, virtual_size: int, checksum="xxhash") -> b
     """Rebuild one disk by the sequential rule, verifying checksums and counters."""
     out = bytearray(virtual_size)
     off, prev = 0, -1
-    members = [(n, d) for n, _, d, _ in walk(raw) if n.startswith(ref + "/")]
+    members = [(n, d) for n, _size, d, _hdr in walk(raw) if n.startswith(ref + "/")]
     i = 0
     while i < len(members):
         name, data = members[i]
@@ -129,7 +129,7 @@ def test_headers_are_v7_and_stream_ends_with_two_zero_blocks(legacy):
     assert r["tar_bytes"] == len(raw)
     with tarfile.open(fileobj=io.BytesIO(raw)) as t:
         ms = t.getmembers()
-        assert [m.name for m in ms] == [n for n, _ in r["members"]]
+        assert [m.name for m in ms] == [n for n, _size in r["members"]]
         for m in ms:
             assert m.isfile() and m.uid == 0 and m.gid == 0 and m.mtime == 0
 
@@ -138,7 +138,7 @@ def test_ova_first_and_disks_in_string_order():
     disks = [Disk(pattern(100, i), ref=ref, userdevice=i, device="xvd" + "abc"[i])
              for i, ref in enumerate([9, 10, 100])]
     raw, r = xva_bytes(VM(disks=disks))
-    names = [n for n, *_ in walk(raw)]
+    names = [n for n, *_rest in walk(raw)]
     assert names[0] == "ova.xml"
     folders = []
     for n in names[1:]:
@@ -162,7 +162,7 @@ def test_zero_chunks_omitted_first_last_present_short_last():
     img[2 * CHUNK + 5: 2 * CHUNK + 9] = b"data"   # chunk 2
     img[4 * CHUNK: 5 * CHUNK] = b"\x01" * CHUNK  # chunk 4
     raw, r = xva_bytes(VM(disks=[Disk(bytes(img), ref=5)]), checksum="sha1")
-    data = [(n, s) for n, s, *_ in walk(raw) if n.startswith("Ref:5/") and "." not in n]
+    data = [(n, s) for n, s, *_rest in walk(raw) if n.startswith("Ref:5/") and "." not in n]
     assert data == [("Ref:5/00000000", CHUNK), ("Ref:5/00000002", CHUNK),
                     ("Ref:5/00000004", CHUNK), ("Ref:5/00000006", 4321)]
     assert r["disks"][0]["omitted"] == 3
@@ -170,21 +170,21 @@ def test_zero_chunks_omitted_first_last_present_short_last():
 
 
 def test_all_zero_disk_has_first_and_last_only():
-    raw, _ = xva_bytes(VM(disks=[Disk(b"", virtual_size=5 * CHUNK, ref=3)]), checksum=None)
-    assert [(n, s) for n, s, *_ in walk(raw)][1:] == [("Ref:3/00000000", CHUNK),
-                                                      ("Ref:3/00000004", CHUNK)]
+    raw, _result = xva_bytes(VM(disks=[Disk(b"", virtual_size=5 * CHUNK, ref=3)]), checksum=None)
+    assert [(name, size) for name, size, _data, _hdr in walk(raw)][1:] == [("Ref:3/00000000", CHUNK),
+                                                                           ("Ref:3/00000004", CHUNK)]
 
 
 def test_single_short_chunk_disk():
-    raw, _ = xva_bytes(VM(disks=[Disk(b"abc", ref=3)]))
-    assert [(n, s) for n, s, *_ in walk(raw)][1:] == [("Ref:3/00000000", 3),
-                                                      ("Ref:3/00000000.xxhash", 16)]
+    raw, _result = xva_bytes(VM(disks=[Disk(b"abc", ref=3)]))
+    assert [(name, size) for name, size, _data, _hdr in walk(raw)][1:] == [("Ref:3/00000000", 3),
+                                                                           ("Ref:3/00000000.xxhash", 16)]
 
 
 def test_keep_zero_chunks_writes_every_chunk():
-    raw, _ = xva_bytes(VM(disks=[Disk(b"", virtual_size=4 * CHUNK, ref=3)]),
-                       keep_zero_chunks=True, checksum=None)
-    assert [n for n, *_ in walk(raw)][1:] == ["Ref:3/%08d" % i for i in range(4)]
+    raw, _result = xva_bytes(VM(disks=[Disk(b"", virtual_size=4 * CHUNK, ref=3)]),
+                             keep_zero_chunks=True, checksum=None)
+    assert [n for n, *_rest in walk(raw)][1:] == ["Ref:3/%08d" % i for i in range(4)]
 
 
 def test_keepalives_advance_counter_not_offset():
@@ -194,23 +194,23 @@ def test_keepalives_advance_counter_not_offset():
         img[p * CHUNK] = p
     img[-1] = 0xFF
     raw, r = xva_bytes(VM(disks=[Disk(bytes(img), ref=4)]), keepalives={0: 2})
-    members = [(n, s, d) for n, s, d, _ in walk(raw) if n.startswith("Ref:4/")]
+    members = [(n, s, d) for n, s, d, _hdr in walk(raw) if n.startswith("Ref:4/")]
     keep = [(n, d) for n, s, d in members if s == 0]
     # keep-alives before positions 2, 4, 6 (never before the first or the last chunk)
-    assert [n for n, _ in keep] == ["Ref:4/00000002", "Ref:4/00000005", "Ref:4/00000008"]
+    assert [n for n, _data in keep] == ["Ref:4/00000002", "Ref:4/00000005", "Ref:4/00000008"]
     sums = {n: d for n, s, d in members}
-    for n, _ in keep:
+    for n, _data in keep:
         assert sums[n + ".xxhash"] == b"EF46DB3751D8E999"  # XXH64("")
     assert r["disks"][0]["keepalives"] == 3
     assert reconstruct(raw, "Ref:4", vs) == bytes(img)
     # naive name * 1 MiB would be wrong here: the last chunk's counter is 11, position 8
-    assert [n for n, s, _ in members if s == 100] == ["Ref:4/00000011"]
+    assert [n for n, s, _data in members if s == 100] == ["Ref:4/00000011"]
 
 
 def test_keepalive_sha1_checksum_is_of_empty_input():
-    raw, _ = xva_bytes(VM(disks=[Disk(pattern(4 * CHUNK), ref=4)]), keepalives={0: 1},
-                       checksum="sha1")
-    d = {n: data for n, _, data, _ in walk(raw)}
+    raw, _result = xva_bytes(VM(disks=[Disk(pattern(4 * CHUNK), ref=4)]), keepalives={0: 1},
+                             checksum="sha1")
+    d = {n: data for n, _size, data, _hdr in walk(raw)}
     assert d["Ref:4/00000001"] == b""
     assert d["Ref:4/00000001.checksum"] == hashlib.sha1(b"").hexdigest().encode()
     assert reconstruct(raw, "Ref:4", 4 * CHUNK, "sha1") == pattern(4 * CHUNK)
@@ -219,8 +219,8 @@ def test_keepalive_sha1_checksum_is_of_empty_input():
 @pytest.mark.parametrize("checksum", ["sha1", "xxhash", None])
 def test_checksum_formats(checksum):
     img = pattern(CHUNK + 7)
-    raw, _ = xva_bytes(VM(disks=[Disk(img, ref=2)]), checksum=checksum)
-    d = {n: data for n, _, data, _ in walk(raw)}
+    raw, _result = xva_bytes(VM(disks=[Disk(img, ref=2)]), checksum=checksum)
+    d = {n: data for n, _size, data, _hdr in walk(raw)}
     if checksum == "sha1":
         assert re.fullmatch(rb"[0-9a-f]{40}", d["Ref:2/00000000.checksum"])
         assert d["Ref:2/00000000.checksum"].decode() == hashlib.sha1(img[:CHUNK]).hexdigest()
@@ -245,9 +245,9 @@ def test_roundtrip_property(n_chunks, tail, nonzero, every, keep_zero):
     kw = {"keepalives": {0: every}} if every else {}
     raw, r = xva_bytes(VM(disks=[Disk(bytes(img), ref=1)]), keep_zero_chunks=keep_zero, **kw)
     assert reconstruct(raw, "Ref:1", vs) == bytes(img)
-    data = [n for n, s, *_ in walk(raw) if n.startswith("Ref:1/") and "." not in n]
+    data = [n for n, s, *_rest in walk(raw) if n.startswith("Ref:1/") and "." not in n]
     assert data[0] == "Ref:1/00000000"
-    sizes = [s for n, s, *_ in walk(raw) if n.startswith("Ref:1/") and "." not in n and s]
+    sizes = [s for n, s, *_rest in walk(raw) if n.startswith("Ref:1/") and "." not in n and s]
     assert sizes[-1] == vs - (n_chunks - 1) * CHUNK  # last chunk present, short if needed
 
 
@@ -340,7 +340,7 @@ def test_iso_and_suspend_vdis_have_no_folder():
                    Disk(b"", virtual_size=CHUNK, ref=22, userdevice=4, vdi_type="suspend")],
             cd_drive=False)
     raw, r = xva_bytes(vm)
-    assert {n.split("/")[0] for n, *_ in walk(raw)} == {"ova.xml", "Ref:20"}
+    assert {n.split("/")[0] for n, *_rest in walk(raw)} == {"ova.xml", "Ref:20"}
     objs = {o["id"]: o for o in ova_of(raw)["objects"]}
     assert objs["Ref:21"]["class"] == "VDI" and objs["Ref:22"]["snapshot"]["type"] == "suspend"
     assert objs[objs["Ref:21"]["snapshot"]["SR"]]["snapshot"]["content_type"] == "iso"
@@ -365,7 +365,7 @@ def test_gzip_and_zstd_wrap_the_whole_stream(tmp_path):
     assert zs.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
     for raw in (gzip.decompress(gz.read_bytes()),
                 zstandard.ZstdDecompressor().stream_reader(io.BytesIO(zs.read_bytes())).read()):
-        names = [n for n, *_ in walk(raw)]
+        names = [n for n, *_rest in walk(raw)]
         assert names[0] == "ova.xml" and "Ref:3/00000001" in names
         assert reconstruct(raw, "Ref:3", CHUNK + 5) == pattern(CHUNK + 5)
     subprocess.run(["zstd", "-t", "-q", str(zs)], check=True)
@@ -402,14 +402,14 @@ def test_big_sparse_file_packs_fast_in_constant_memory(tmp_path):
         f.truncate(vs)
         for s in spots:
             f.seek(s)
-            for _ in range(10):
+            for _copy in range(10):
                 f.write(blk)
     sink = Sink(keep=False)
     tracemalloc.start()
     t0 = time.monotonic()
     r = write_xva(sink, VM(disks=[Disk(path, ref=1)]))
     elapsed = time.monotonic() - t0
-    _, peak = tracemalloc.get_traced_memory()
+    _current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert elapsed < 60, f"packing took {elapsed:.1f}s"
     assert peak < 32 * 2**20, f"peak Python memory {peak} bytes"
@@ -424,7 +424,7 @@ def test_big_sparse_file_packs_fast_in_constant_memory(tmp_path):
 def test_file_image_larger_virtual_size_reads_zeros_past_eof(tmp_path):
     p = tmp_path / "small.raw"
     p.write_bytes(pattern(CHUNK + 10))
-    raw, _ = xva_bytes(VM(disks=[Disk(p, virtual_size=3 * CHUNK + 1, ref=6)]))
+    raw, _result = xva_bytes(VM(disks=[Disk(p, virtual_size=3 * CHUNK + 1, ref=6)]))
     assert reconstruct(raw, "Ref:6", 3 * CHUNK + 1) == pattern(CHUNK + 10) + bytes(
         2 * CHUNK - 9)
 
@@ -444,7 +444,7 @@ def test_rejects_bad_arguments():
 # faults
 # ----------------------------------------------------------------------------------------
 FVM = dict(disks=[Disk(pattern(4 * CHUNK + 77), ref=30), Disk(pattern(10, 2), ref=31,
-                                                             userdevice=1)])
+                                                              userdevice=1)])
 
 
 def fault_xva(fault, **kw):
@@ -452,7 +452,7 @@ def fault_xva(fault, **kw):
 
 
 def data_names(raw, ref="Ref:30"):
-    return [n for n, *_ in walk(raw) if n.startswith(ref + "/") and "." not in n[len(ref):]]
+    return [n for n, *_rest in walk(raw) if n.startswith(ref + "/") and "." not in n[len(ref):]]
 
 
 def test_fault_corrupt_chunk():
@@ -460,14 +460,14 @@ def test_fault_corrupt_chunk():
     assert r["fault_target"] == "Ref:30"
     with pytest.raises(AssertionError):
         reconstruct(raw, "Ref:30", 4 * CHUNK + 77)
-    d = {n: data for n, _, data, _ in walk(raw)}
+    d = {n: data for n, _size, data, _hdr in walk(raw)}
     bad = [n for n in data_names(raw)
            if X.chunk_checksum("xxhash", d[n]) != d[n + ".xxhash"].decode()]
     assert bad == ["Ref:30/00000000"]
 
 
 def test_fault_truncate():
-    raw, _ = fault_xva("truncate")
+    raw, _result = fault_xva("truncate")
     last = list(walk(raw))[-1]
     assert last[0] == "Ref:30/00000000" and len(last[2]) == CHUNK // 2 < last[1]
     assert not raw.endswith(bytes(1024))
@@ -478,31 +478,31 @@ def test_fault_truncate():
 
 
 def test_fault_not_tar():
-    raw, _ = fault_xva("not_tar")
+    raw, _result = fault_xva("not_tar")
     assert len(raw) == 65536 and raw[:2] != b"\x1f\x8b"
     with pytest.raises(tarfile.ReadError):
         tarfile.open(fileobj=io.BytesIO(raw))
 
 
 def test_fault_first_not_ova():
-    raw, _ = fault_xva("first_not_ova")
-    names = [n for n, *_ in walk(raw)]
+    raw, _result = fault_xva("first_not_ova")
+    names = [n for n, *_rest in walk(raw)]
     assert names[0] == "Ref:30/00000000"
     assert names.index("ova.xml") > names.index("Ref:30/00000004")
     assert "Ref:31/00000000" in names
 
 
 def test_fault_bad_ova_xml():
-    raw, _ = fault_xva("bad_ova_xml")
-    name, _, data, _ = next(walk(raw))
+    raw, _result = fault_xva("bad_ova_xml")
+    name, _size, data, _hdr = next(walk(raw))
     assert name == "ova.xml"
     with pytest.raises(Exception):
         parse_ova(data.decode("latin-1"))
 
 
 def test_fault_oversized_ova_xml():
-    raw, _ = fault_xva("oversized_ova_xml")
-    name, size, data, _ = next(walk(raw))
+    raw, _result = fault_xva("oversized_ova_xml")
+    name, size, data, _hdr = next(walk(raw))
     assert name == "ova.xml" and size == 100 * 2**20
     assert len(raw) < 64 * 1024
 
@@ -514,30 +514,30 @@ def test_fault_oversized_ova_xml():
     ("outside_folder", "Ref:99999/00000000"),
 ])
 def test_fault_bad_names(fault, expect):
-    raw, _ = fault_xva(fault)
-    names = [n for n, *_ in walk(raw)]
+    raw, _result = fault_xva(fault)
+    names = [n for n, *_rest in walk(raw)]
     assert names[0] == "ova.xml" and expect in names
     assert "Ref:30/00000004" in names and "Ref:31/00000000" in names
 
 
 def test_fault_counters():
-    raw, _ = fault_xva("counter_repeat")
+    raw, _result = fault_xva("counter_repeat")
     assert data_names(raw)[:2] == ["Ref:30/00000000", "Ref:30/00000000"]
-    raw, _ = fault_xva("counter_decrease")
+    raw, _result = fault_xva("counter_decrease")
     assert data_names(raw)[:3] == ["Ref:30/00000000", "Ref:30/00000002", "Ref:30/00000001"]
 
 
 def test_fault_past_virtual_size():
-    raw, _ = fault_xva("past_virtual_size")
-    sizes = {n: s for n, s, *_ in walk(raw)}
+    raw, _result = fault_xva("past_virtual_size")
+    sizes = {n: s for n, s, *_rest in walk(raw)}
     assert data_names(raw)[-2:] == ["Ref:30/00000004", "Ref:30/00000005"]
     assert sizes["Ref:30/00000004"] == 77 and sizes["Ref:30/00000005"] == CHUNK
     assert "Ref:30/00000005.xxhash" in sizes
 
 
 def test_fault_chunk_larger():
-    raw, _ = fault_xva("chunk_larger")
-    sizes = {n: s for n, s, *_ in walk(raw)}
+    raw, _result = fault_xva("chunk_larger")
+    sizes = {n: s for n, s, *_rest in walk(raw)}
     assert sizes["Ref:30/00000001"] == CHUNK + 4096 > sizes["Ref:30/00000000"]
 
 
@@ -550,8 +550,8 @@ def test_fault_missing_folder():
 
 @pytest.mark.parametrize("checksum", ["xxhash", "sha1"])
 def test_fault_bad_checksum_format(checksum):
-    raw, _ = fault_xva("bad_checksum_format", checksum=checksum)
-    d = {n: data for n, _, data, _ in walk(raw)}
+    raw, _result = fault_xva("bad_checksum_format", checksum=checksum)
+    d = {n: data for n, _size, data, _hdr in walk(raw)}
     ext = X.CHECKSUM_EXT[checksum]
     bad = d["Ref:30/00000000" + ext]
     assert len(bad) == (16 if checksum == "xxhash" else 40)

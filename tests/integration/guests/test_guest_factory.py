@@ -26,7 +26,7 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (debootstrap, chroot, losetup)"),
     pytest.mark.skipif(not all(shutil.which(t) for t in ("debootstrap", "sfdisk", "debugfs",
-                                                          "mkfs.ext4", "blkid", "losetup")),
+                                                         "mkfs.ext4", "blkid", "losetup")),
                        reason="needs debootstrap, fdisk, e2fsprogs, util-linux"),
 ]
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(XVA_IMG is None or shutil.which("tar") is None,
 
 
 def xva_img_version() -> str:
-    p = subprocess.run([XVA_IMG, "-h"], capture_output=True, text=True)  # -v prints no version
+    p = subprocess.run([XVA_IMG, "-h"], capture_output=True, text=True, check=False)  # -v prints no version
     m = re.search(r"xva-img (\d+\.\d+(?:\.\d+)?)", p.stdout + p.stderr)
     return m.group(1) if m else ""
 
@@ -50,7 +50,7 @@ def export_with_xva_img(xva, ref, workdir, out_name="out.raw"):
     subprocess.run(["tar", "-xf", str(xva), "-C", str(ex)], check=True)
     out = workdir / out_name
     p = subprocess.run([XVA_IMG, "-p", "disk-export", str(ex / ref), str(out)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     return p, out
 
 
@@ -95,7 +95,7 @@ def test_xva_img_rejects_corrupt_chunk(tmp_path):
     img = sparse_random_image(seed=7, n_chunks=4, tail=100)
     xva = tmp_path / "bad.xva"
     write_xva(xva, VM(disks=[Disk(img, ref=5)]), checksum="sha1", fault="corrupt_chunk")
-    p, _ = export_with_xva_img(xva, "Ref:5", tmp_path)
+    p, _out = export_with_xva_img(xva, "Ref:5", tmp_path)
     assert p.returncode != 0
     assert "checksum" in (p.stdout + p.stderr).lower()
 
@@ -105,5 +105,5 @@ def test_xva_img_1_4_cannot_read_xxhash(tmp_path):
         pytest.skip(f"xva-img {xva_img_version() or '?'} is not 1.4.x")
     xva = tmp_path / "xx.xva"
     write_xva(xva, VM(disks=[Disk(b"\x01" * 100, ref=5)]), checksum="xxhash")
-    p, _ = export_with_xva_img(xva, "Ref:5", tmp_path)
+    p, _out = export_with_xva_img(xva, "Ref:5", tmp_path)
     assert p.returncode != 0

@@ -4,7 +4,6 @@ XAPI test double (redirect, chunked transfer without Content-Length, session or 
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
