@@ -33,6 +33,7 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_co
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixup_devices import disk_letters
 
 GRUB_CFG = "/boot/grub/grub.cfg"
+GRUB_MARKER = "/var/lib/xen2kvm/grub-install"
 GRUB_FS_NAMES = {"ext2": "ext2", "ext3": "ext2", "ext4": "ext2", "xfs": "xfs", "btrfs": "btrfs", "vfat": "fat"}
 BASIC_NODES = ("null", "zero", "full", "random", "urandom", "tty", "console")
 GRUB_PC_PRESEED = ("grub-pc grub-pc/install_devices multiselect \n"
@@ -213,12 +214,16 @@ def apply(guest, facts, mount, mapping, apt, ifnames0=False):
     if not table:
         raise BootloaderError("no mounted guest filesystem to boot from")
     boot_disk_loop = mount.whole_disk_loops[0]
-    if not bootloader.get("mbr_boot_code") or not bootloader.get("grub2_installed"):
+    # Boot code written under Xen may not find /boot on virtio (an HVM guest's core.img names
+    # its disk by what it was probed as), so it is rewritten once; the marker makes reruns skip it.
+    if not bootloader.get("mbr_boot_code") or not guest.exists(GRUB_MARKER):
         result = guest.run(["grub-install", "--target=i386-pc", "--modules=%s" % core_modules(table),
                             boot_disk_loop],
                            "boot code into the MBR of the boot disk", check=False)
         if result is not None and result.returncode != 0:
             raise BootloaderError("grub-install failed: %s" % (result.stderr or result.stdout).strip()[-2000:])
+        guest.write(GRUB_MARKER, "grub-install --target=i386-pc --modules='%s' (hd0)\n" % core_modules(table),
+                    "remember that the boot code was written for KVM")
     if guest.check_mode:
         if needs_grub_mkconfig(guest, facts):
             guest.run(["grub-mkconfig", "-o", GRUB_CFG], "a grub.cfg with root=UUID= for KVM")

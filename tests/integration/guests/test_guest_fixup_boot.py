@@ -88,7 +88,7 @@ def test_a_failing_fixup_names_its_step_and_leaves_nothing(tmp_path):
 
 def test_unsupported_guest_is_refused_before_any_change(tmp_path):
     guest = build_or_skip("deb12-pv", tmp_path / "build")
-    image = guest.disks[0]
+    image = str(guest.disks[0])
     with GuestMount([image]) as mount:
         with open(mount.guest_path("/etc/os-release"), "w") as handle:
             handle.write('ID=rhel\nID_LIKE="fedora"\nPRETTY_NAME="Red Hat Enterprise Linux 9"\nVERSION_ID=9\n')
