@@ -25,10 +25,10 @@ class _OpenXva:
 
     def __init__(self, src, open_url_func=None, url_options=None):
         self.src = src
-        self.raw, stream, self.compression = translate_stream_errors(
+        self.raw, self.stream, self.compression = translate_stream_errors(
             open_xva_stream, src, open_url_func, **(url_options or {}))
         try:
-            self.tar = TarStream(stream)
+            self.tar = TarStream(self.stream)
             self.spec, self.vdi_ids, self.ova_xml = translate_stream_errors(read_ova_xml, self.tar)
         except BaseException:
             self.raw.close()
@@ -42,7 +42,10 @@ class _OpenXva:
         return self
 
     def __exit__(self, *exc_info):
-        self.raw.close()
+        try:
+            self.stream.close()
+        finally:
+            self.raw.close()
         return False
 
 
