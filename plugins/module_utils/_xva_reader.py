@@ -242,9 +242,9 @@ class _Writer(threading.Thread):
 class XvaReader:
     """Read the disk members that follow ova.xml into ``targets`` (ref -> DiskTarget).
 
-    ``hash_in_reader``: on a plain stream reading is cheap, so the reading thread also hashes
-    and the writer only writes; on a compressed stream decompression keeps the reading thread
-    busy, so the writer hashes too.  Either way both cores work.
+    ``hash_in_reader``: on a plain stream reading is cheap, so the reading thread hashes every
+    other chunk and the writer the rest besides writing; on a compressed stream decompression
+    keeps the reading thread busy, so the writer hashes everything.  Either way both cores work.
     """
 
     def __init__(self, tar, targets, known_vdis, verify_checksums=True, hash_in_reader=True):
@@ -255,6 +255,7 @@ class XvaReader:
         self.hash_in_reader = hash_in_reader
         self._pending = None
         self.current = None
+        self._hash_turn = False
         self.free = queue.Queue()
         for _slot in range(QUEUE_DEPTH + 2):
             self.free.put(bytearray(DEFAULT_CHUNK))
@@ -336,7 +337,9 @@ class XvaReader:
                 target.verified += 1
                 if self.verify:
                     check = (csum_suffix, expected, member.name, member.offset)
-            if check is not None and self.hash_in_reader:
+            # On a plain stream the two threads share the hashing: every other chunk here.
+            self._hash_turn = not self._hash_turn
+            if check is not None and self.hash_in_reader and self._hash_turn:
                 try:
                     verify_chunk(data, *check)
                 except BaseException:
