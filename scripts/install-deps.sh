@@ -18,7 +18,7 @@ DEB_PACKAGES=(
   libvirt-daemon-system libvirt-clients ovmf
   e2fsprogs dosfstools libxml2-utils util-linux rsync
   # used by the test suites (guest file systems, initramfs listing) and by make sanity
-  xfsprogs btrfs-progs initramfs-tools-core
+  xfsprogs btrfs-progs initramfs-tools-core busybox-static
   git make shellcheck
 )
 

@@ -19,6 +19,7 @@ exception while mounted). Only SIGKILL can skip it.
 import glob
 import os
 import re
+import stat
 import signal
 import subprocess
 import tempfile
@@ -46,7 +47,10 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table
 MOUNT_BASES = ("/run/xen2kvm", tempfile.gettempdir())
 
 # Host filesystems bound into the guest, in mount order.
-HOST_BINDS = ("/dev", "/dev/pts", "/proc", "/sys", "/run")
+HOST_BINDS = ("/proc", "/sys")
+# The chroot gets its own /dev and /run: package scripts in the guest (udev's postinst chgrp's
+# /dev/kvm to the guest's own gid for "kvm") must never reach the host's devices or daemons.
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty", "console")
 
 # fstab mount points the fixups cannot do without: failing to map one is an error.
 ESSENTIAL_MOUNTPOINTS = ("/boot", "/usr")
@@ -687,7 +691,48 @@ class GuestMount:
         self.skipped_fstab.append({"source": entry["source"], "mountpoint": entry["mountpoint"],
                                    "reason": reason})
 
+    def _private_dev_and_run(self):
+        """A tmpfs /dev holding only the basic nodes and our loop devices, a devpts of its own,
+        and an empty tmpfs /run."""
+        dev = resolve_guest_path(self.root, "/dev")
+        run = resolve_guest_path(self.root, "/run")
+        for target, fstype, options in ((dev, "tmpfs", "mode=0755,size=4m,nosuid"),
+                                        (run, "tmpfs", "mode=0755,size=64m,nosuid,nodev")):
+            if not os.path.isdir(target):
+                if self.readonly:
+                    continue
+                os.makedirs(target, mode=0o755)
+            self._mount_private(fstype, "xen2kvm-" + os.path.basename(target), target, options)
+            if target == dev:
+                self._populate_dev(dev)
+
+    def _mount_private(self, fstype, source, target, options):
+        proc = _run(["mount", "-t", fstype, "-o", options, source, target])
+        if proc.returncode != 0:
+            raise GuestError("cannot mount a private %s on %s: %s" % (fstype, target, proc.stderr.strip()))
+        self._mounts.append({"source": source, "target": target, "guest_path": target[len(self.root):] or "/",
+                             "fstype": fstype, "kind": "private", "volume": None, "options": options})
+
+    def _populate_dev(self, dev):
+        for name in DEV_NODES:
+            st = os.stat("/dev/" + name)
+            node = os.path.join(dev, name)
+            os.mknod(node, st.st_mode, st.st_rdev)
+            os.chmod(node, stat.S_IMODE(st.st_mode))  # mknod honours the umask; apt's _apt user needs 0666
+        for loop in self._loops:
+            st = os.stat(loop.device)
+            os.mknod(os.path.join(dev, os.path.basename(loop.device)), st.st_mode, st.st_rdev)
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                             ("ptmx", "pts/ptmx")):
+            os.symlink(target, os.path.join(dev, name))
+        os.mkdir(os.path.join(dev, "pts"))
+        self._mount_private("devpts", "devpts", os.path.join(dev, "pts"), "newinstance,ptmxmode=0666,mode=0620")
+        os.mkdir(os.path.join(dev, "shm"))
+        self._mount_private("tmpfs", "xen2kvm-shm", os.path.join(dev, "shm"), "mode=1777,size=64m")
+
     def _bind_host_filesystems(self):
+        self._private_dev_and_run()
         for host_dir in HOST_BINDS:
             target = resolve_guest_path(self.root, host_dir)
             if not os.path.isdir(host_dir):

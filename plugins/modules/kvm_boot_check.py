@@ -22,7 +22,7 @@ description:
   - On timeout, or when the domain stops before booting, the module fails with the last 40 lines
     of the console in its message.
 author:
-  - xen2kvm developers
+  - xen2kvm developers (@xen2kvm)
 attributes:
   check_mode:
     support: full

@@ -26,7 +26,7 @@ description:
   - A domain with the same name that was not created by this collection, or that was migrated
     from another Xen VM, is never overwritten or removed unless O(force=true).
 author:
-  - xen2kvm developers
+  - xen2kvm developers (@xen2kvm)
 attributes:
   check_mode:
     support: full

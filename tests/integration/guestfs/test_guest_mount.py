@@ -167,7 +167,9 @@ def test_mbr_guest_mount_and_chroot(mbr_image):
         assert os.path.isfile(guest.guest_path("/boot/grub/grub.cfg"))
         kinds = [(m["kind"], m["guest_path"]) for m in guest.mounts]
         assert kinds[:2] == [("root", "/"), ("fstab", "/boot")]
-        assert [k for k, _path in kinds[2:]] == ["bind"] * 5
+        # A private /dev (with its devpts and shm) and /run; only /proc and /sys come from the host.
+        assert sorted(k for k, _path in kinds[2:]) == ["bind", "bind"] + ["private"] * 4
+        assert [m["fstype"] for m in guest.mounts if m["kind"] == "bind"] == ["bind", "bind"]
         for bound in ("/dev", "/proc", "/sys", "/run", "/dev/pts"):
             assert os.path.ismount(guest.guest_path(bound))
         # Whole disk at offset 0 for grub-install; partitions at their own offsets.

@@ -61,7 +61,7 @@ def _connect(timeout=20):
 def libvirt_uri():
     if os.geteuid() != 0:
         pytest.skip("needs root (qemu:///system)")
-    for name, _ in DAEMONS:
+    for name in (daemon for daemon, _pidfile in DAEMONS):
         if not shutil.which(name):
             pytest.skip("%s not installed (Debian: libvirt-daemon-system)" % name)
     started = []
@@ -122,12 +122,17 @@ def cleanup_domain(conn, name):
 
 
 @pytest.fixture
-def domain_name(conn):
-    """A unique domain name, removed (with its serial log) after the test."""
+def domain_name(conn, qemu_tmp):
+    """A unique domain name, removed (with its serial log) after the test.
+
+    Depends on ``qemu_tmp`` so that the domain is gone before its images are deleted."""
     name = "x2k-it-%s" % uuid.uuid4().hex[:8]
     yield name
     cleanup_domain(conn, name)
     for path in glob.glob("/var/log/libvirt/qemu/%s*.log" % name):
+        if not path.endswith("-serial.log"):  # shown by pytest when the test failed
+            with open(path, errors="replace") as f:
+                print("--- %s (tail)\n%s" % (path, "".join(f.readlines()[-15:])))
         os.unlink(path)
 
 
@@ -170,7 +175,7 @@ def run_module(tmp_path):
         env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0",
                    ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              universal_newlines=True, env=env)
+                              universal_newlines=True, env=env, check=False)
         assert proc.returncode == 0 and out.exists(), proc.stdout
         return json.loads(out.read_text())
 
