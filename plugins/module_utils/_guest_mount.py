@@ -19,8 +19,8 @@ exception while mounted). Only SIGKILL can skip it.
 import glob
 import os
 import re
-import stat
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -31,6 +31,7 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_inspect i
     parse_fstab,
     resolve_guest_path,
 )
+from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import processes_using
 from ansible_collections.xen2kvm.migration.plugins.module_utils._loop import (
     LoopDevice,
     attach,
@@ -149,46 +150,6 @@ def _refuse_busy_block_device(path):
     if holders:
         raise GuestError("block device %s is in use by %s (device-mapper/LVM/RAID)"
                          % (path, ", ".join(sorted(os.path.basename(h) for h in holders))))
-
-
-def _processes_using(path):
-    """(pid, command name, how) of processes holding ``path`` open or naming it as qemu."""
-    real = os.path.realpath(path)
-    me = os.getpid()
-    users = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        proc = os.path.join("/proc", entry)
-        comm = ""
-        try:
-            with open(os.path.join(proc, "comm")) as fobj:
-                comm = fobj.read().strip()
-        except OSError:
-            continue  # exited meanwhile
-        found = None
-        try:
-            for fd in os.listdir(os.path.join(proc, "fd")):
-                try:
-                    if os.readlink(os.path.join(proc, "fd", fd)) == real:
-                        found = "has it open"
-                        break
-                except OSError:
-                    continue
-        except OSError:
-            pass  # not ours to look at, or gone
-        if found is None and "qemu" in comm:
-            try:
-                with open(os.path.join(proc, "cmdline"), "rb") as fobj:
-                    args = fobj.read().decode("utf-8", "replace").split("\0")
-            except OSError:
-                args = []
-            # qemu names disks inside option strings ("file=/x.raw,if=virtio") or JSON.
-            if any(real in arg or path in arg for arg in args):
-                found = "names it on its command line"
-        if found:
-            users.append((int(entry), comm, found))
-    return users
 
 
 def _processes_rooted_in(root):
@@ -419,7 +380,7 @@ class GuestMount:
                                        for a in attached)))
             if is_block_device(disk):
                 _refuse_busy_block_device(disk)
-            users = _processes_using(disk)
+            users = processes_using(disk)
             if users:
                 raise GuestError(
                     "disk image %s is in use (is its VM running?): %s"

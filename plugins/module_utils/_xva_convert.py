@@ -12,6 +12,7 @@ import os
 import time
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils import _disk_images as images
+from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import describe_users, processes_using
 from ansible_collections.xen2kvm.migration.plugins.module_utils._progress import ProgressReporter
 from ansible_collections.xen2kvm.migration.plugins.module_utils._tar_stream import TarStream
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_reader import (
@@ -84,7 +85,7 @@ class Conversion:
         if fmt not in images.FORMATS:
             raise XvaError("format must be one of %s, not %r" % (", ".join(images.FORMATS), fmt))
         self.src = src
-        self.dest = dest
+        self.dest = os.path.abspath(dest)  # also what a running qemu's command line will name
         self.fmt = fmt
         self.name_template = name_template
         self.verify = verify_checksums
@@ -124,9 +125,14 @@ class Conversion:
             return result
 
     def _refuse_foreign_files(self, paths, manifest):
-        """Never overwrite a file we did not make for this VM unless told to."""
+        """Never overwrite a file we did not make for this VM unless told to, nor, even then,
+        the disk of a VM that is running."""
         ours = {item.get("path") for item in (manifest or {}).get("images", [])}
         for path in paths:
+            users = processes_using(path) if os.path.lexists(path) else []
+            if users:
+                raise XvaError("%s is in use by %s; shut that VM down before converting over its disk"
+                               % (path, describe_users(users)))
             if os.path.lexists(path) and not self.force and path not in ours:
                 raise XvaError("%s already exists and was not made from this XVA; set force=true to replace it"
                                % path)

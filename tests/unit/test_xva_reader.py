@@ -221,6 +221,24 @@ def test_foreign_file_is_not_overwritten_without_force(tmp_path):
     assert os.path.getsize(dest / "vm-disk0.raw") == MiB
 
 
+def test_the_disk_of_a_running_vm_is_never_converted_over(tmp_path):
+    xva = tmp_path / "u.xva"
+    write_xva(str(xva), VM(name="vm", disks=[Disk(image=sparse_disk({0: None}))]))
+    first = convert_xva(str(xva), str(tmp_path / "o"))["disks"][0]["path"]
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; f = open(sys.argv[1]); time.sleep(60)", first])
+    try:
+        deadline = time.monotonic() + 10
+        while not any(os.path.realpath(os.path.join("/proc/%d/fd" % holder.pid, fd)) == first
+                      for fd in os.listdir("/proc/%d/fd" % holder.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert convert_xva(str(xva), str(tmp_path / "o"))["changed"] is False  # done is done
+        with pytest.raises(XvaError, match="in use by python"):
+            convert_xva(str(xva), str(tmp_path / "o"), force=True)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_qcow2_output_passes_qemu_img_check(tmp_path, two_disk_vm):
     xva = tmp_path / "q.xva"
     two_disk_vm.disks[0].vdi_uuid = "0b9b7a52-6a5d-4c8e-9c1e-000000000001"
@@ -264,9 +282,21 @@ def test_reads_from_stdin_dash(tmp_path, two_disk_vm):
 
 
 def test_status_file_reports_progress(tmp_path):
+    """A slow source (a pipe fed over ~3 s): the status file must be refreshed while it runs."""
     content = sparse_disk({i: None for i in range(0, 64, 3)}, size=64 * MiB)
     xva = tmp_path / "p.xva"
     write_xva(str(xva), VM(disks=[Disk(image=content)]), compression="gzip")
+    fifo = tmp_path / "slow"
+    os.mkfifo(fifo)
+    data = xva.read_bytes()
+
+    def feed_slowly():
+        with open(fifo, "wb") as pipe:
+            for start in range(0, len(data), len(data) // 12 + 1):
+                pipe.write(data[start:start + len(data) // 12 + 1])
+                pipe.flush()
+                time.sleep(0.25)
+
     status = tmp_path / "status.json"
     seen = []
     stop = threading.Event()
@@ -275,18 +305,23 @@ def test_status_file_reports_progress(tmp_path):
         while not stop.is_set():
             if status.exists():
                 seen.append(json.loads(status.read_text()))
-            time.sleep(0.05)
+            time.sleep(0.2)
 
+    feeder = threading.Thread(target=feed_slowly)
     poller = threading.Thread(target=poll)
+    feeder.start()
     poller.start()
-    convert_xva(str(xva), str(tmp_path / "o"), status_file=str(status))
+    convert_xva(str(fifo), str(tmp_path / "o"), status_file=str(status))
     stop.set()
     poller.join()
+    feeder.join()
     final = json.loads(status.read_text())
     assert final["state"] == "done" and final["bytes_done"] == final["bytes_total"] == 64 * MiB
     assert final["percent"] == 100.0 and final["mb_per_s"] > 0
     assert {"eta_s", "stream_bytes_read", "updated"} <= set(final)
-    assert seen and seen[0]["state"] in ("running", "done")
+    running = [snap for snap in seen if snap["state"] == "running"]
+    assert len({snap["stream_bytes_read"] for snap in running}) >= 2, "no progress seen while running"
+    assert all(snap["bytes_total"] == 64 * MiB for snap in running)
 
 
 def test_disk_full_fails_cleanly(tmp_path):
