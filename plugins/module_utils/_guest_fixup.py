@@ -12,6 +12,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import hashlib
+import json
 import os
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils import _bare_fs as bare_fs
@@ -26,6 +28,8 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_edit impo
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_inspect import inspect_guest
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_mount import GuestMount
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_packages import GuestApt
+from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import describe_users, processes_using
+from ansible_collections.xen2kvm.migration.plugins.module_utils._progress import write_json_atomically
 from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table import QCOW_MAGIC, GuestError
 
 FIXUPS = ("bare_fs", "devices", "console", "initramfs", "bootloader", "network", "remove_xen_tools",
@@ -83,8 +87,49 @@ class GuestFixup:
         self.check_mode = check_mode
         self.firmware = self.spec.get("firmware", "bios")
 
+    # -- "already done?": a marker beside the boot disk, so a rerun after the VM was started
+    # reports the guest as fixed instead of refusing to mount a disk in use.
+    def _marker_path(self):
+        directory, name = os.path.split(self.disks[0])
+        return os.path.join(directory, ".%s.xen2kvm-fixup.json" % name)
+
+    def _fingerprint(self):
+        disks = []
+        for path in self.disks:
+            st = os.stat(path)
+            disks.append({"path": path, "inode": st.st_ino, "size": st.st_size})
+        options = json.dumps([sorted(self.enabled), self.network, self.firmware], sort_keys=True)
+        return {"disks": disks, "options": hashlib.sha256(options.encode()).hexdigest()}
+
+    def _fixed_earlier(self):
+        try:
+            with open(self._marker_path()) as handle:
+                return json.load(handle).get("fingerprint") == self._fingerprint()
+        except (OSError, ValueError):
+            return False
+
+    def _in_use_but_done(self):
+        users = [user for path in self.disks for user in processes_using(path)]
+        if not users:
+            return None
+        if not self._fixed_earlier():
+            return None  # GuestMount refuses it, naming the process
+        return {"changed": False, "changes": [], "diff": [], "facts": {}, "check_mode": self.check_mode,
+                "warnings": ["the guest was fixed earlier and its disk is now in use by %s; not mounted"
+                             % describe_users(users)]}
+
     def run(self):
         _check_disks(self.disks)
+        done = self._in_use_but_done()
+        if done is not None:
+            return done
+        result = self._run()
+        if not self.check_mode:
+            write_json_atomically(self._marker_path(), {"fingerprint": self._fingerprint(),
+                                                        "changes": len(result["changes"])})
+        return result
+
+    def _run(self):
         with GuestMount(self.disks, readonly=True) as mount:
             facts = inspect_guest(mount.root, disk=self.disks[0])
             facts["root_partition"] = mount.root_partition
