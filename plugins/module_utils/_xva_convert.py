@@ -25,6 +25,7 @@ class _OpenXva:
     """An XVA opened up to (and including) its ova.xml; always closed by ``with``."""
 
     def __init__(self, src, open_url_func=None, url_options=None):
+        src = os.fspath(src)
         self.src = src
         self.raw, self.stream, self.compression = translate_stream_errors(
             open_xva_stream, src, open_url_func, **(url_options or {}))
@@ -84,7 +85,7 @@ class Conversion:
                  status_file=None, check_mode=False, open_url_func=None, url_options=None):
         if fmt not in images.FORMATS:
             raise XvaError("format must be one of %s, not %r" % (", ".join(images.FORMATS), fmt))
-        self.src = src
+        self.src = os.fspath(src)
         self.dest = os.path.abspath(dest)  # also what a running qemu's command line will name
         self.fmt = fmt
         self.name_template = name_template
