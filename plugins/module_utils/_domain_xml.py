@@ -17,6 +17,8 @@ import copy
 import re
 import xml.etree.ElementTree as ET
 
+from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import virtio_disk
+
 X2K_NS = "https://xen2kvm.example/migration/1"
 X2K_PREFIX = "x2k"
 ET.register_namespace(X2K_PREFIX, X2K_NS)
@@ -114,12 +116,7 @@ def map_action(xen_value, element):
 
 def target_dev(index):
     """vda, vdb, ..., vdz, vdaa, ... for the index-th disk."""
-    letters = ""
-    index += 1
-    while index:
-        index, rem = divmod(index - 1, 26)
-        letters = chr(ord("a") + rem) + letters
-    return "vd" + letters
+    return virtio_disk(index)
 
 
 def resolve_machine(requested, firmware, existing=None):

@@ -30,7 +30,7 @@ import tempfile
 from contextlib import contextmanager
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_console as console
-from ansible_collections.xen2kvm.migration.plugins.module_utils._fixup_devices import disk_letters
+from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
 
 GRUB_CFG = "/boot/grub/grub.cfg"
 GRUB_MARKER = "/var/lib/xen2kvm/grub-install"

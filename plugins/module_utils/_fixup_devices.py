@@ -15,24 +15,9 @@ __metaclass__ = type
 
 import re
 
+from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
+
 _XEN_DISK = re.compile(r"^(?:/dev/)?(xvd|hd|sd|vd)([a-z]+)(\d*)$")
-
-
-def disk_letters(index):
-    """0 -> a, 25 -> z, 26 -> aa: the kernel's naming of the n-th disk."""
-    letters = ""
-    index += 1
-    while index:
-        index, rest = divmod(index - 1, 26)
-        letters = chr(ord("a") + rest) + letters
-    return letters
-
-
-def letters_index(letters):
-    index = 0
-    for char in letters:
-        index = index * 26 + (ord(char) - ord("a") + 1)
-    return index - 1
 
 
 class DeviceMap:

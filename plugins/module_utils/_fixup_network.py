@@ -50,7 +50,7 @@ def networkd_to_dhcp(text):
     text = re.sub(r"(?m)^\s*(Address|Gateway|DNS)\s*=.*\n?", "", text)
     if re.search(r"(?m)^\s*DHCP\s*=", text):
         return re.sub(r"(?m)^(\s*DHCP\s*=).*$", r"\1yes", text)
-    return re.sub(r"(?m)^\[Network\]\s*$", "[Network]\nDHCP=yes", text, count=1)
+    return re.sub(r"(?m)^\[Network\][ \t]*$", "[Network]\nDHCP=yes", text, count=1)
 
 
 def apply(guest, facts, network="keep"):

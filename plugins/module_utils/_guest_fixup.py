@@ -24,6 +24,7 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_fi
 from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_guest_tools as guest_tools
 from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_initramfs as initramfs
 from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_network as network_fixup
+from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_edit import GuestEditor
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_inspect import inspect_guest
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_mount import GuestMount
@@ -55,7 +56,7 @@ def _check_disks(disks):
 
 def xen_disk_names(spec, count):
     names = [d.get("device") or "" for d in (spec or {}).get("disks", [])][:count]
-    return names + ["xvd" + devices.disk_letters(i) for i in range(len(names), count)]
+    return names + ["xvd" + disk_letters(i) for i in range(len(names), count)]
 
 
 def refuse_unsupported(facts):
