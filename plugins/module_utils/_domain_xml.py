@@ -419,22 +419,19 @@ def _project(stored, want):
     return out
 
 
-def _strip(el):
+def _strip(el, dropped=("address", "alias")):
     """Copy without libvirt's bookkeeping (addresses, aliases) for display and comparison."""
     out = ET.Element(el.tag, dict(el.attrib))
     out.text = _text(el) or None
     for child in el:
-        if child.tag not in ("address", "alias"):
-            out.append(_strip(child))
+        if child.tag not in dropped:
+            out.append(_strip(child, dropped))
     return out
 
 
 def _clean(el):
-    out = ET.Element(el.tag, dict(el.attrib))
-    out.text = _text(el) or None
-    for child in el:
-        out.append(_clean(child))
-    return out
+    """Copy with the text normalised and nothing dropped."""
+    return _strip(el, dropped=())
 
 
 def compare_with_stored(stored_xml, new_xml):

@@ -31,6 +31,9 @@ DEBIAN_CODENAMES = {
 DEBIAN_LIKE = ("debian", "ubuntu", "devuan", "raspbian", "linuxmint", "kali", "pop")
 RHEL_LIKE = ("rhel", "centos", "fedora", "rocky", "almalinux", "ol", "scientific", "amzn",
              "cloudlinux", "eurolinux", "xenenterprise")
+# /etc/redhat-release names, in the order they are looked for, and the os-release ID of each.
+REDHAT_RELEASE_NAMES = (("centos", "centos"), ("red hat", "rhel"), ("fedora", "fedora"), ("rocky", "rocky"),
+                        ("alma", "almalinux"), ("scientific", "scientific"), ("oracle", "ol"))
 SUSE_LIKE = ("suse", "sles", "sled", "opensuse", "opensuse-leap", "opensuse-tumbleweed")
 
 # The drivers a guest needs to find its disk and network on KVM, with the kernel config
@@ -155,22 +158,8 @@ def _parse_redhat_release(text):
         return {}
     name, version, codename = match.group(1), match.group(2), match.group(3) or ""
     lowered = name.lower()
-    if "centos" in lowered:
-        os_id = "centos"
-    elif "red hat" in lowered:
-        os_id = "rhel"
-    elif "fedora" in lowered:
-        os_id = "fedora"
-    elif "rocky" in lowered:
-        os_id = "rocky"
-    elif "alma" in lowered:
-        os_id = "almalinux"
-    elif "scientific" in lowered:
-        os_id = "scientific"
-    elif "oracle" in lowered:
-        os_id = "ol"
-    else:
-        os_id = lowered.split()[0] if lowered else "unknown"
+    os_id = next((os_id for marker, os_id in REDHAT_RELEASE_NAMES if marker in lowered),
+                 lowered.split()[0] if lowered else "unknown")
     return {"id": os_id, "version_id": version, "codename": codename.lower(),
             "pretty_name": text.strip()}
 
