@@ -135,6 +135,7 @@ changes:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_fixup import FIXUPS, FixupError, fix_guest
+from ansible_collections.xen2kvm.migration.plugins.module_utils._module_result import exit_with_diff
 from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table import GuestError
 
 
@@ -167,12 +168,7 @@ def main():
                            check_mode=module.check_mode)
     except (FixupError, GuestError) as exc:
         module.fail_json(msg=str(exc))
-    for warning in result.pop("warnings"):
-        module.warn(warning)
-    diffs = result.pop("diff")
-    if module._diff:
-        result["diff"] = diffs
-    module.exit_json(**result)
+    exit_with_diff(module, result)
 
 
 if __name__ == "__main__":

@@ -240,6 +240,7 @@ removed_disks:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.xen2kvm.migration.plugins.module_utils._module_result import exit_with_diff
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt_domain import (
     KvmDomainError, require_libvirt, run)
 
@@ -276,10 +277,7 @@ def main():
         result = run(module.params, check_mode=module.check_mode)
     except KvmDomainError as exc:
         module.fail_json(msg=str(exc), **exc.details)
-    diff = result.pop("diff")
-    if module._diff:
-        result["diff"] = diff
-    module.exit_json(**result)
+    exit_with_diff(module, result)
 
 
 if __name__ == "__main__":
