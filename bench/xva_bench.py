@@ -71,7 +71,7 @@ def best(runs, func):
 
 def convert_cmd(xva, dest):
     code = ("import sys; sys.path.insert(0, %r);"
-            "from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_convert import convert_xva;"
+            "from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva;"
             "convert_xva(%r, %r, force=True)") % (str(REPO / "build" / "collections"), str(xva), str(dest))
     return [sys.executable, "-c", code]
 

@@ -134,9 +134,9 @@ changes:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_fixup import FIXUPS, FixupError, fix_guest
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import FIXUPS, FixupError, fix_guest
 from ansible_collections.xen2kvm.migration.plugins.module_utils._module_result import exit_with_diff
-from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table import GuestError
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import GuestError
 
 
 def enabled_fixups(module):

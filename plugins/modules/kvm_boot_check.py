@@ -138,9 +138,9 @@ tail:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.xen2kvm.migration.plugins.module_utils._boot_check import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.boot_check import (
     DEFAULT_LOGIN_REGEX, boot_check)
-from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt_domain import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain import (
     KvmDomainError, require_libvirt)
 
 

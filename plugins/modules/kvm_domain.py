@@ -241,7 +241,7 @@ removed_disks:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.xen2kvm.migration.plugins.module_utils._module_result import exit_with_diff
-from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt_domain import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain import (
     KvmDomainError, require_libvirt, run)
 
 

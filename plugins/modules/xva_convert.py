@@ -157,11 +157,11 @@ compression:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.urls import open_url
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_images import DEFAULT_NAME, ImageError
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_convert import convert_xva
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_module import SOURCE_ARGUMENT_SPEC, url_options
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_reader import XvaError
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_source import MissingLibraryError
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.images import DEFAULT_NAME, ImageError
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.module import SOURCE_ARGUMENT_SPEC, url_options
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader import XvaError
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.stream import MissingLibraryError
 
 
 def main():

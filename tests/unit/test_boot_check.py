@@ -1,9 +1,9 @@
-"""Unit tests for plugins/module_utils/_boot_check.py with a fake libvirt domain."""
+"""Unit tests for plugins/module_utils/_libvirt/boot_check.py with a fake libvirt domain."""
 import re
 
 import pytest
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _boot_check as bc
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt import boot_check as bc
 
 LOG_XML = """<domain><devices><serial type='pty'>
 <log file='{path}' append='{append}'/></serial></devices></domain>"""

@@ -1,4 +1,4 @@
-"""Unit tests for the domain XML builder (plugins/module_utils/_domain_xml.py)."""
+"""Unit tests for the domain XML builder (plugins/module_utils/_libvirt/domain_xml.py)."""
 import copy
 import shutil
 import subprocess
@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _domain_xml as dx
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt import domain_xml as dx
 
 NS = {"x2k": dx.X2K_NS}
 

@@ -7,16 +7,16 @@ import subprocess
 
 import pytest
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _bare_fs as bare_fs
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_bootloader as bootloader
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_console as console
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_devices as devices
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_firstboot as firstboot
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_initramfs as initramfs
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_network as network
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import bare_fs
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import bootloader
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import console
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import devices
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import firstboot
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import initramfs
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import network
 from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_edit import GUEST_LOG, GuestEditor
-from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table import read_partition_table
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.edit import GUEST_LOG, GuestEditor
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import read_partition_table
 
 FSTAB = """# /etc/fstab
 /dev/xvda1\t/\text4\terrors=remount-ro\t0\t1

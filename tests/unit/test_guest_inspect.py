@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_inspect import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import (
     GuestError,
     detect_bootloader,
     detect_init,

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import (
     GPT_TYPE_EFI_SYSTEM,
     GPT_TYPE_LINUX_FS,
     GPT_TYPE_LINUX_SWAP,

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from xva_writer import VM, Disk, Nic, write_xva
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_convert import convert_xva, xva_info
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_reader import XvaError
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva, xva_info
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader import XvaError
 
 MiB = 1 << 20
 
@@ -272,7 +272,7 @@ def test_reads_from_stdin_dash(tmp_path, two_disk_vm):
     xva = tmp_path / "s.xva"
     write_xva(str(xva), two_disk_vm, compression="zstd")
     code = ("import sys, json; sys.path[:0] = %r;"
-            "from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_convert import convert_xva;"
+            "from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva;"
             "print(json.dumps(convert_xva('-', %r)['disks']))") % (
         [p for p in sys.path if p.endswith("collections")], str(tmp_path / "o"))
     with open(xva, "rb") as stdin:

@@ -16,21 +16,21 @@ import uuid
 
 import pytest
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_inspect import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import (
     inspect_guest,
 )
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_mount import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import (
     GuestCommandError,
     GuestError,
     GuestMount,
     host_mount_points,
 )
-from ansible_collections.xen2kvm.migration.plugins.module_utils._loop import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import (
     attach,
     loop_status,
     loops_for_file,
 )
-from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import (
     read_partition_table,
 )
 
@@ -251,7 +251,7 @@ def test_busy_mount_is_lazily_unmounted_and_reported(mbr_image):
 SIGTERM_CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_mount import GuestMount
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount
 with GuestMount([sys.argv[2]]) as guest:
     print(json.dumps({"root": guest.root, "loops": guest.whole_disk_loops}), flush=True)
     time.sleep(60)
@@ -432,7 +432,7 @@ def test_boot_on_a_missing_disk_is_refused_cleanly(tmp_path):
     assert not [p for p in host_mount_points() if "/xen2kvm/guest-" in p]
 
 
-# --------------------------------------------------------------------------- _loop
+# --------------------------------------------------------------------------- loop
 
 
 def test_loop_attach_range_and_detach(tmp_path):
@@ -457,7 +457,7 @@ def test_loop_attach_range_and_detach(tmp_path):
 
 
 def test_loop_context_manager_detaches_on_error(tmp_path):
-    from ansible_collections.xen2kvm.migration.plugins.module_utils._loop import attached
+    from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import attached
 
     image = tmp_path / "cm.img"
     with open(image, "wb") as fobj:

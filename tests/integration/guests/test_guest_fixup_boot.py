@@ -13,10 +13,10 @@ import ansible_run
 import guest_factory
 from qemu_boot import QemuGuest
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_fixup import FixupError, fix_guest
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_mount import GuestMount
-from ansible_collections.xen2kvm.migration.plugins.module_utils._loop import loops_for_file
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_convert import convert_xva
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import FixupError, fix_guest
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import loops_for_file
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 

@@ -9,8 +9,8 @@ import pytest
 
 import guest_factory
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_fixup import fix_guest
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_convert import convert_xva
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import fix_guest
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 

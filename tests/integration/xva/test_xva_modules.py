@@ -14,8 +14,8 @@ from ansible.module_utils.urls import open_url
 from xapi_double import XapiDouble, XapiVM
 from xva_writer import VM, Disk, Nic, write_xva
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_convert import convert_xva, xva_info
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_reader import XvaError
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva, xva_info
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader import XvaError
 
 MiB = 1 << 20
 

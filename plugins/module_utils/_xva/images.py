@@ -18,7 +18,7 @@ import re
 import shutil
 import subprocess
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._progress import write_json_atomically
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.progress import write_json_atomically
 
 FORMATS = ("raw", "qcow2")
 DEFAULT_NAME = "{vm}-disk{index}.{format}"

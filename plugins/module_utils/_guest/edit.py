@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_inspect import resolve_guest_path
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import resolve_guest_path
 
 BACKUP_SUFFIX = ".xen2kvm"
 GUEST_LOG = "/var/log/xen2kvm-fixup.log"

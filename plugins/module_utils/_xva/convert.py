@@ -11,13 +11,13 @@ import hashlib
 import os
 import time
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _disk_images as images
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva import images
 from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import describe_users, processes_using
-from ansible_collections.xen2kvm.migration.plugins.module_utils._progress import ProgressReporter
-from ansible_collections.xen2kvm.migration.plugins.module_utils._tar_stream import TarStream
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_reader import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.progress import ProgressReporter
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.tar import TarStream
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader import (
     DiskTarget, XvaError, XvaReader, read_ova_xml, translate_stream_errors)
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_source import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.stream import (
     describe_source, open_xva_stream)
 
 

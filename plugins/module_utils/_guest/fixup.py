@@ -16,22 +16,22 @@ import hashlib
 import json
 import os
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _bare_fs as bare_fs
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_bootloader as bootloader
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_console as console
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_devices as devices
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_firstboot as firstboot
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_guest_tools as guest_tools
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_initramfs as initramfs
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_network as network_fixup
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import bare_fs
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import bootloader
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import console
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import devices
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import firstboot
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import guest_tools
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import initramfs
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import network as network_fixup
 from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_edit import GuestEditor
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_inspect import inspect_guest
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_mount import GuestMount
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_packages import GuestApt
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.edit import GuestEditor
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import inspect_guest
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.packages import GuestApt
 from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import describe_users, processes_using
-from ansible_collections.xen2kvm.migration.plugins.module_utils._progress import write_json_atomically
-from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table import QCOW_MAGIC, GuestError
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.progress import write_json_atomically
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import QCOW_MAGIC, GuestError
 
 FIXUPS = ("bare_fs", "devices", "console", "initramfs", "bootloader", "network", "remove_xen_tools",
           "guest_agent", "firstboot", "cleanup")

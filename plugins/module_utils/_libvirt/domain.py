@@ -6,7 +6,7 @@
 Idempotence: on a real run the XML is always defined and libvirt's own stored inactive XML is
 compared before and after, so ``changed`` is exact whatever libvirt normalizes.  Check mode
 cannot define, so it compares the built XML with the stored one through
-``_domain_xml.compare_with_stored`` (only what the builder writes is compared).  The existing
+``domain_xml.compare_with_stored`` (only what the builder writes is compared).  The existing
 UUID, the ``migrated-at`` time and a versioned machine type are carried over, so a rerun with
 the same input gives the same definition.  See docs/kvm_domain.md.
 """
@@ -25,7 +25,7 @@ import traceback
 import xml.etree.ElementTree as ET
 
 from ansible.module_utils.basic import missing_required_lib
-from ansible_collections.xen2kvm.migration.plugins.module_utils._domain_xml import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain_xml import (
     DomainXMLError, build_domain_xml, compare_with_stored, format_from_path, read_metadata,
     sanitize_name, validate_name)
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import List
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import (
     GuestError,
 )
 

@@ -18,7 +18,7 @@ import re
 import time
 import xml.etree.ElementTree as ET
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt_domain import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain import (
     KvmDomainError, connect, domain_state, find_domain)
 
 try:

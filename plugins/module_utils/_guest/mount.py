@@ -26,18 +26,18 @@ import tempfile
 import threading
 import time
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest_inspect import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import (
     looks_like_root,
     parse_fstab,
     resolve_guest_path,
 )
 from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import processes_using
-from ansible_collections.xen2kvm.migration.plugins.module_utils._loop import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import (
     LoopDevice,
     attach,
     loops_for_file,
 )
-from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import (
     GuestError,
     is_block_device,
     probe_filesystem,

@@ -17,7 +17,7 @@ __metaclass__ = type
 import re
 import shlex
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_devices as devices
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import devices
 
 KVM_CONSOLES = ["console=tty0", "console=ttyS0,115200"]
 _XEN_CONSOLE = re.compile(r"^console=(?:hvc|xvc)\d*(?:,.*)?$")

@@ -17,7 +17,7 @@ __metaclass__ = type
 import os
 import struct
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table import read_partition_table
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import read_partition_table
 
 ALIGN = 1 << 20
 SECTOR = 512

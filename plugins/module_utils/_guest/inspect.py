@@ -17,7 +17,7 @@ import os
 import re
 from collections import deque
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._partition_table import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import (
     GuestError,
     mbr_has_boot_code,
 )

@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils import _fixup_console as console
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import console
 from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
 
 GRUB_CFG = "/boot/grub/grub.cfg"

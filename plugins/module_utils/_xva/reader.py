@@ -37,10 +37,10 @@ except ImportError:
     xxhash = None
     HAS_XXHASH = False
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._ova_xml import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.ova_xml import (
     MAX_OVA_XML_BYTES, OvaXmlError, parse_ova_xml, vm_spec)
-from ansible_collections.xen2kvm.migration.plugins.module_utils._tar_stream import TarFormatError
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva_source import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.tar import TarFormatError
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.stream import (
     MissingLibraryError, SourceError)
 
 DEFAULT_CHUNK = 1 << 20
