@@ -171,6 +171,8 @@ class VM:
     xapi_minor: int = 20
     export_vsn: int = 2
     vm_fields: dict = field(default_factory=dict)  # merged into the VM record (None deletes)
+    secure_boot: str | None = None          # platform["secureboot"] ("true"/"false"/"auto"); None: "false" on HVM
+    vtpm: bool = False                      # one VTPM object listed in VM.VTPMs (XenServer 8 / XCP-ng 8.3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,7 +257,7 @@ def _is_hvm(vm: VM) -> bool:
     return (vm.hvm_boot_policy or "") != ""
 
 
-def _vm_record(vm: VM, vm_uuid: str, vbd_ids, vif_ids, suspend_vdi: str, gm_id: str) -> dict:
+def _vm_record(vm: VM, vm_uuid: str, vbd_ids, vif_ids, suspend_vdi: str, gm_id: str, vtpm_ids=()) -> dict:
     hvm = _is_hvm(vm)
     policy = vm.hvm_boot_policy
     if policy is None:
@@ -271,6 +273,8 @@ def _vm_record(vm: VM, vm_uuid: str, vbd_ids, vif_ids, suspend_vdi: str, gm_id: 
         platform.update({"viridian": "false", "hpet": "true", "vga": "std", "videoram": "8",
                          "device-model": "qemu-upstream-compat",
                          "secureboot": "false"})
+    if vm.secure_boot is not None:
+        platform["secureboot"] = vm.secure_boot
     if vm.cores_per_socket is not None:
         platform["cores-per-socket"] = str(vm.cores_per_socket)
     mem = _I64(str(vm.memory_bytes))
@@ -314,7 +318,7 @@ def _vm_record(vm: VM, vm_uuid: str, vbd_ids, vif_ids, suspend_vdi: str, gm_id: 
         "VBDs": list(vbd_ids),
         "VUSBs": [],
         "crash_dumps": [],
-        "VTPMs": [],
+        "VTPMs": list(vtpm_ids),
         "PV_bootloader": pv_bootloader,
         "PV_kernel": "",
         "PV_ramdisk": "",
@@ -572,7 +576,8 @@ def _disk_events(src: _Source, keep_every: int | None, keep_zero: bool, forced=(
 
 def write_xva(out, vm: VM, *, checksum: str | None = "xxhash", compression: str | None = None,
               keepalives: dict | None = None, keep_zero_chunks: bool = False,
-              fault: str | None = None) -> dict:
+              fault: str | None = None, preserve_power_state: bool = False,
+              pad_last_chunk: bool = False) -> dict:
     """Write ``vm`` as an XVA to ``out`` (a path or a binary file object, written sequentially).
 
     ``checksum``: "xxhash" (``.xxhash`` members), "sha1" (``.checksum``) or None (no checksum
@@ -581,6 +586,11 @@ def write_xva(out, vm: VM, *, checksum: str | None = "xxhash", compression: str 
     a multiple of n (never before the first or the last chunk), like xapi after 5 s of silence.
     ``keep_zero_chunks``: write every chunk, all-zero ones included. ``fault``: see the module
     docstring.
+    ``preserve_power_state``: like ``xe vm-export preserve-power-state=true`` of a suspended VM:
+    ``suspend`` disks are attached through no VBD (only ``VM.suspend_VDI`` names them) and their
+    data is streamed with checksum members like any disk. ``pad_last_chunk``: the last chunk of
+    every disk is padded with zeros to 1 MiB, as Xen Orchestra writes it (the checksum covers
+    the padded chunk). A disk of ``virtual_size`` 0 never has a folder (xapi writes no chunk).
 
     Returns ``{"refs": ["Ref:N" per vm.disks entry], "ova_xml": str, "vm_ref", "vm_uuid",
     "vdi_uuids", "folders": refs with a tar folder in tar order, "disks": per vm.disks entry
@@ -631,16 +641,23 @@ def write_xva(out, vm: VM, *, checksum: str | None = "xxhash", compression: str 
         if d.sr_content_type not in sr_ids:
             sr_ids[d.sr_content_type] = (new_id(), _u())
     gm_id = new_id()
+    vtpm_ids = [new_id()] if vm.vtpm else []
     vdi_ids = ["Ref:%d" % r for r in disk_refs]
     vdi_uuids = [d.vdi_uuid or _u() for d in vm.disks]
 
     # ---- objects -------------------------------------------------------------------------
     suspend = [vdi_ids[i] for i, d in enumerate(vm.disks) if d.vdi_type == "suspend"]
     objects = []
-    all_vbds = vbd_ids + ([cd_id] if cd_id else [])
+    unattached = {i for i, d in enumerate(vm.disks) if preserve_power_state and d.vdi_type == "suspend"}
+    all_vbds = [b for i, b in enumerate(vbd_ids) if i not in unattached] + ([cd_id] if cd_id else [])
     objects.append({"class": "VM", "id": vm_id,
                     "snapshot": _vm_record(vm, vm_uuid, all_vbds, vif_ids,
-                                           suspend[0] if suspend else _NULL, gm_id)})
+                                           suspend[0] if suspend else _NULL, gm_id, vtpm_ids)})
+    for vtpm_id in vtpm_ids:
+        objects.append({"class": "VTPM", "id": vtpm_id, "snapshot": {
+            "uuid": _u(), "allowed_operations": [], "current_operations": {}, "VM": vm_id,
+            "backend": _NULL, "persistence_backend": "xapi", "is_unique": False,
+            "is_protected": False}})
     objects.append({"class": "VM_guest_metrics", "id": gm_id, "snapshot": {
         "uuid": _u(), "os_version": {"name": "Debian GNU/Linux 11", "distro": "debian"},
         "PV_drivers_version": {}, "PV_drivers_up_to_date": False, "memory": {}, "disks": {},
@@ -649,6 +666,8 @@ def write_xva(out, vm: VM, *, checksum: str | None = "xxhash", compression: str 
         "can_use_hotplug_vif": "unspecified", "PV_drivers_detected": False}})
     used_userdevices = {d.userdevice for d in vm.disks}
     for i, d in enumerate(vm.disks):
+        if i in unattached:
+            continue
         iso = d.sr_content_type == "iso"
         vbd_type = d.vbd_type or ("CD" if iso else "Disk")
         rec = {
@@ -687,7 +706,8 @@ def write_xva(out, vm: VM, *, checksum: str | None = "xxhash", compression: str 
         rec = {
             "uuid": vdi_uuids[i], "name_label": d.name, "name_description": "",
             "allowed_operations": [], "current_operations": {},
-            "SR": sr_ids[d.sr_content_type][0], "VBDs": [vbd_ids[i]], "crash_dumps": [],
+            "SR": sr_ids[d.sr_content_type][0], "VBDs": [] if i in unattached else [vbd_ids[i]],
+            "crash_dumps": [],
             "virtual_size": _I64(str(vs)), "physical_utilisation": _I64(str(vs)),
             "type": d.vdi_type, "sharable": False, "read_only": d.sr_content_type == "iso",
             "other_config": {"content_id": _u()}, "storage_lock": False,
@@ -747,7 +767,8 @@ def write_xva(out, vm: VM, *, checksum: str | None = "xxhash", compression: str 
 
     # ---- which disks have folders, in tar (string) order ----------------------------------
     folder_idx = [i for i, d in enumerate(vm.disks)
-                  if d.sr_content_type != "iso" and d.vdi_type != "suspend" and sizes[i] > 0]
+                  if d.sr_content_type != "iso" and sizes[i] > 0
+                  and (d.vdi_type != "suspend" or preserve_power_state)]
     folder_idx.sort(key=lambda i: vdi_ids[i])
     target = folder_idx[0] if folder_idx else None
     needs_disk = fault not in (None, "not_tar", "bad_ova_xml", "oversized_ova_xml",
@@ -794,7 +815,7 @@ def write_xva(out, vm: VM, *, checksum: str | None = "xxhash", compression: str 
     try:
         try:
             _write_stream(tar, vm, result, ova_xml, folder_idx, target, vdi_ids, sizes,
-                          checksum, keepalives, keep_zero_chunks, fault)
+                          checksum, keepalives, keep_zero_chunks, fault, pad_last_chunk)
         except _Stop:
             pass
         if comp is not None:
@@ -809,7 +830,7 @@ def write_xva(out, vm: VM, *, checksum: str | None = "xxhash", compression: str 
 
 
 def _write_stream(tar: _TarOut, vm: VM, result, ova_xml, folder_idx, target, vdi_ids, sizes,
-                  checksum, keepalives, keep_zero, fault):
+                  checksum, keepalives, keep_zero, fault, pad_last=False):
     ext = CHECKSUM_EXT.get(checksum)
     ova_bytes = ova_xml.encode("utf-8")
 
@@ -859,6 +880,8 @@ def _write_stream(tar: _TarOut, vm: VM, result, ova_xml, folder_idx, target, vdi
                     continue
                 info["data_members"] += 1
                 data_positions.append(pos)
+                if pad_last and pos == (sizes[i] - 1) // CHUNK and len(data) < CHUNK:
+                    data = bytes(data) + bytes(CHUNK - len(data))
                 if first_len is None:
                     first_len = len(data)
                 if is_t and fault == "chunk_larger" and pos == 1:

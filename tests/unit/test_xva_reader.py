@@ -354,3 +354,85 @@ def test_round_trip_of_random_sparse_disks(tmp_path, layout, tail, checksum, com
               keep_zero_chunks=keep_zero, keepalives={0: keepalive} if keepalive else None)
     disk = convert_xva(str(xva), str(work / "o"))["disks"][0]
     assert image_bytes(disk["path"]) == content
+
+
+# ------------------------------------------------------------------ issue 7: suspended VMs, empty and padded disks
+
+
+@pytest.mark.parametrize("checksum", ["sha1", "xxhash"])
+def test_suspended_vm_export_converts_without_its_suspend_image(tmp_path, checksum):
+    """xe vm-export preserve-power-state=true streams the suspend VDI with checksum members."""
+    root = sparse_disk({0: None, 2: None}, size=3 * MiB)
+    vm = VM(disks=[Disk(image=root, userdevice=0, ref=12),
+                   Disk(image=sparse_disk({0: None, 1: 9}, size=2 * MiB), vdi_type="suspend", ref=11)])
+    xva = tmp_path / "suspended.xva"
+    written = write_xva(str(xva), vm, checksum=checksum, preserve_power_state=True)
+    assert written["folders"] == ["Ref:11", "Ref:12"]  # the suspend image comes first in the tar
+    result = convert_xva(str(xva), str(tmp_path / "o"))
+    assert [d["ref"] for d in result["disks"]] == ["Ref:12"]
+    assert image_bytes(result["disks"][0]["path"]) == root
+    assert result["disks"][0]["checksums_verified"] is True
+
+
+def test_suspend_image_is_skipped_after_the_disks_too(tmp_path):
+    root = sparse_disk({0: None}, size=MiB)
+    vm = VM(disks=[Disk(image=root, userdevice=0, ref=1),
+                   Disk(image=sparse_disk({0: None}, size=MiB), vdi_type="suspend", ref=2)])
+    xva = tmp_path / "s2.xva"
+    write_xva(str(xva), vm, checksum="sha1", preserve_power_state=True, compression="gzip")
+    assert image_bytes(convert_xva(str(xva), str(tmp_path / "o"))["disks"][0]["path"]) == root
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_zero_size_vdi_gives_an_empty_image(tmp_path, fmt):
+    root = sparse_disk({0: None}, size=2 * MiB)
+    vm = VM(disks=[Disk(image=root, userdevice=0), Disk(image=b"", virtual_size=0, userdevice=1)])
+    xva = tmp_path / "empty.xva"
+    written = write_xva(str(xva), vm)
+    assert len(written["folders"]) == 1  # xapi writes no chunk, so no folder, for an empty VDI
+    disks = convert_xva(str(xva), str(tmp_path / "o"), fmt=fmt)["disks"]
+    assert [d["virtual_size"] for d in disks] == [2 * MiB, 0]
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", disks[1]["path"]], check=True,
+                                     stdout=subprocess.PIPE).stdout)
+    assert info["format"] == fmt and info["virtual-size"] == 0
+    assert disks[1]["chunks"] == 0
+
+
+@pytest.mark.parametrize("size", [3 * MiB + 12345, MiB - 1, 1])
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_last_chunk_padded_to_a_full_chunk_is_accepted(tmp_path, size, compression):
+    """Xen Orchestra pads the last chunk to 1 MiB; the bytes past virtual_size are zeros."""
+    content = sparse_disk({i: None for i in range(-(-size // MiB))}, size=size)
+    xva = tmp_path / "xo.xva"
+    written = write_xva(str(xva), VM(disks=[Disk(image=content)]), checksum="xxhash", compression=compression,
+                        pad_last_chunk=True)
+    assert all(member_size in (0, 16, MiB) for name, member_size in written["members"] if name != "ova.xml")
+    disk = convert_xva(str(xva), str(tmp_path / "o"))["disks"][0]
+    assert os.path.getsize(disk["path"]) == size
+    assert image_bytes(disk["path"]) == content
+
+
+def _xva_with_dirty_padding(path, content):
+    """A padded last chunk whose padding is not zero (with a matching checksum)."""
+    from xva_writer import chunk_checksum, v7_header
+    import io
+    buffer = io.BytesIO()
+    written = write_xva(buffer, VM(disks=[Disk(image=content)]), checksum="sha1", pad_last_chunk=True)
+    data = bytearray(buffer.getvalue())
+    last_name = [name for name, _size in written["members"] if not name.endswith(".checksum")][-1]
+    header = v7_header(last_name, MiB)
+    start = bytes(data).index(header) + 512
+    data[start + MiB - 1] = 0x77
+    csum_header = v7_header(last_name + ".checksum", 40)
+    csum_at = bytes(data).index(csum_header, start) + 512
+    data[csum_at:csum_at + 40] = chunk_checksum("sha1", bytes(data[start:start + MiB])).encode()
+    path.write_bytes(bytes(data))
+
+
+def test_padding_that_is_not_zero_is_refused(tmp_path):
+    content = sparse_disk({0: None, 1: None}, size=MiB + 100)
+    xva = tmp_path / "dirty.xva"
+    _xva_with_dirty_padding(xva, content)
+    with pytest.raises(XvaError, match=r"Ref:\d+/00000001.* offset \d+.*past its virtual_size"):
+        convert_xva(str(xva), str(tmp_path / "o"))
+    assert leftovers(tmp_path / "o") == []

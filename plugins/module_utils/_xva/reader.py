@@ -117,6 +117,7 @@ class DiskTarget:
         self.verified = 0
         self.unverified = 0
         self.written = 0          # bytes of the disk already covered (written or skipped)
+        self.padding = 0          # bytes of the current chunk past virtual_size (a padded last chunk)
         self.started = None
         self.finished = None
 
@@ -132,11 +133,16 @@ class DiskTarget:
                            % (name, stream_offset, length, self.chunk_size))
         gap = counter - self.last_counter - 1
         offset = self.offset + gap * (self.chunk_size or DEFAULT_CHUNK)
+        self.padding = 0
         if offset + length > self.virtual_size:
-            raise XvaError("member %r at offset %d: data reaches byte %d of the disk, past its virtual_size %d"
-                           % (name, stream_offset, offset + length, self.virtual_size))
+            if not (offset < self.virtual_size and length == self.chunk_size):
+                raise XvaError("member %r at offset %d: data reaches byte %d of the disk, past its virtual_size %d"
+                               % (name, stream_offset, offset + length, self.virtual_size))
+            # A last chunk padded to a whole chunk (Xen Orchestra writes these, xapi's importer
+            # takes them): accepted when the padding is zeros, which the caller checks.
+            self.padding = offset + length - self.virtual_size
         self.last_counter = counter
-        self.offset = offset + length
+        self.offset = offset + length - self.padding
         self.chunks += 1
         if self.started is None:
             self.started = time.time()
@@ -206,9 +212,11 @@ class _Writer(threading.Thread):
         finally:
             self.flusher.stop()
 
-    def _handle(self, target, offset, buffer, data, check):
+    def _handle(self, target, offset, buffer, data, check, keep):
         if check is not None:
-            verify_chunk(data, *check)
+            verify_chunk(data, *check)  # over the whole member, padding included
+        if keep < len(data):
+            data = data[:keep]
         if len(data) and not chunk_is_zero(data):
             self._write(target, data, offset)
         target.written = offset + len(data)
@@ -299,11 +307,12 @@ class XvaReader:
         writer.finish()
         self._check_complete()
 
-    def _buffer_for(self, size):
-        if size > MAX_CHUNK:
-            raise XvaError("chunk of %d bytes is larger than the %d allowed" % (size, MAX_CHUNK))
+    def _buffer_for(self, member):
+        if member.size > MAX_CHUNK:
+            raise XvaError("member %r at offset %d: chunk of %d bytes is larger than the %d allowed"
+                           % (member.name, member.offset, member.size, MAX_CHUNK))
         buffer = self.free.get()
-        return buffer if len(buffer) >= size else bytearray(size)
+        return buffer if len(buffer) >= member.size else bytearray(member.size)
 
     def _read_all(self, writer):
         while True:
@@ -314,18 +323,24 @@ class XvaReader:
             if folder not in self.known_vdis:
                 raise XvaError("member %r at offset %d is outside any disk folder: ova.xml has no VDI %s"
                                % (member.name, member.offset, folder))
+            target = self.targets.get(folder)
+            if target is None:
+                # A VDI we do not convert (the suspend image of a suspended VM's export): its
+                # chunks and their checksum members are skipped unread.
+                continue
             if suffix is not None:
                 raise XvaError("checksum member %r at offset %d does not follow its chunk"
                                % (member.name, member.offset))
-            target = self.targets.get(folder)
-            if target is None:
-                continue  # a VDI we do not convert (ISO, suspend image): its data is skipped
             if target is not self.current:
                 self._switch_to(target)
             offset = target.place(counter, member.size, member.name, member.offset)
-            buffer = self._buffer_for(member.size)
+            buffer = self._buffer_for(member)
             try:
                 data = self.tar.read_member_into(member, buffer)
+                keep = len(data) - target.padding
+                if target.padding and data[keep:].tobytes().strip(b"\0"):
+                    raise XvaError("member %r at offset %d: the %d bytes past its virtual_size %d are not zeros"
+                                   % (member.name, member.offset, target.padding, target.virtual_size))
                 csum_suffix, expected = self._checksum_for(member)
             except BaseException:
                 self.free.put(buffer)
@@ -346,7 +361,7 @@ class XvaReader:
                     self.free.put(buffer)
                     raise
                 check = None
-            writer.put((target, offset, buffer, data, check))
+            writer.put((target, offset, buffer, data, check, keep))
 
     def _switch_to(self, target):
         now = time.time()
@@ -356,7 +371,8 @@ class XvaReader:
 
     def _check_complete(self):
         for target in self.targets.values():
-            if target.chunks == 0:
+            if target.chunks == 0 and target.virtual_size > 0:
+                # xapi writes no chunk at all for an empty VDI, so only a non-empty one needs a folder.
                 raise XvaError("disk folder %s is missing from the XVA" % target.ref)
             if self.verify and target.verified and target.unverified:
                 raise XvaError("disk folder %s: %d chunks have no checksum member while %d do"
