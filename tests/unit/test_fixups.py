@@ -244,3 +244,120 @@ def test_bare_filesystem_gets_a_partition_table(tmp_path):
     assert image.read_bytes()[1 << 20:(1 << 20) + len(before)] == before
     assert bare_fs.repartition(str(image)) is None  # partitioned now: nothing to do
     assert not [p for p in os.listdir(str(tmp_path)) if ".xen2kvm-part" in p]
+
+
+# --------------------------------------------------------------------------- issue 7, item 15
+
+XEN_TOOLS_STATUS = """Package: xe-guest-utilities
+Status: install ok installed
+Version: 7.30.0-11
+
+Package: xe-guest-utilities-xenstore
+Status: install ok installed
+Version: 7.30.0-11
+
+Package: xen-guest-agent
+Status: install ok installed
+Version: 0.4.0
+
+Package: xe-guest-utilities-latest
+Status: deinstall ok config-files
+Version: 6.2.0
+
+Package: xenstore-utils
+Status: install ok installed
+Version: 4.17.0
+
+Package: xe-guest-utilities-old
+Status: purge ok not-installed
+Version: 1.0
+"""
+
+
+def test_every_xen_tool_package_is_purged(tmp_path):
+    from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import guest_tools
+    from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import inspect_guest
+    from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.packages import GuestApt
+    tree(tmp_path, {"/var/lib/dpkg/status": XEN_TOOLS_STATUS, "/usr/sbin/xen-guest-agent": "ELF"})
+    facts = inspect_guest(str(tmp_path))
+    assert facts["xen_tools_packages"] == ["xe-guest-utilities", "xe-guest-utilities-latest",
+                                           "xe-guest-utilities-xenstore", "xen-guest-agent"]
+    guest = GuestEditor(str(tmp_path), check_mode=True)
+    with GuestApt(guest, None) as apt:
+        guest_tools.remove_xen_tools(guest, facts, apt)
+    assert [c["path"] for c in guest.changes] == [
+        "dpkg --purge xe-guest-utilities xe-guest-utilities-latest xe-guest-utilities-xenstore xen-guest-agent"]
+    assert guest.warnings == []
+
+
+def test_xen_tools_without_a_package_are_named_in_a_warning(tmp_path):
+    from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import guest_tools
+    from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import inspect_guest
+    tree(tmp_path, {"/usr/sbin/xe-daemon": "#!/bin/sh\n", "/var/lib/dpkg/status": ""})
+    facts = inspect_guest(str(tmp_path))
+    guest = GuestEditor(str(tmp_path), check_mode=True)
+    guest_tools.remove_xen_tools(guest, facts, apt=None)
+    assert guest.changes == []
+    assert len(guest.warnings) == 1 and "/usr/sbin/xe-daemon" in guest.warnings[0]
+
+
+INITTAB_XEN_TOOLS = """id:2:initdefault:
+1:2345:respawn:/sbin/getty 38400 hvc0
+#2:23:respawn:/sbin/getty 38400 tty2
+# 3:23:respawn:/sbin/getty 38400 tty3
+#T1:23:respawn:/sbin/getty -L ttyS1 9600 vt100
+# Example how to put a getty on a modem line.
+#T3:23:respawn:/sbin/mgetty -x0 -s 57600 ttyS3
+"""
+
+
+def test_inittab_gettys_commented_out_for_xen_come_back():
+    fixed = console.fix_inittab(INITTAB_XEN_TOOLS)
+    lines = fixed.splitlines()
+    assert "#xen2kvm: 1:2345:respawn:/sbin/getty 38400 hvc0" in lines
+    assert lines[lines.index("#xen2kvm: 1:2345:respawn:/sbin/getty 38400 hvc0") + 1] == \
+        "1:2345:respawn:/sbin/getty 38400 tty1"
+    assert "2:23:respawn:/sbin/getty 38400 tty2" in lines and "3:23:respawn:/sbin/getty 38400 tty3" in lines
+    # serial lines and modem examples stay commented: only virtual terminals are restored
+    assert "#T1:23:respawn:/sbin/getty -L ttyS1 9600 vt100" in lines
+    assert "#T3:23:respawn:/sbin/mgetty -x0 -s 57600 ttyS3" in lines
+    assert "T0:2345:respawn:/sbin/getty -L ttyS0 115200 vt100" in lines
+    assert console.fix_inittab(fixed) == fixed
+
+
+def test_inittab_without_xen_getty_keeps_commented_gettys():
+    text = "1:2345:respawn:/sbin/getty 38400 tty1\n#2:23:respawn:/sbin/getty 38400 tty2\n"
+    assert "#2:23:respawn:/sbin/getty 38400 tty2" in console.fix_inittab(text)
+
+
+def test_grub_default_d_snippets_are_fixed_too(tmp_path):
+    guest = tree(tmp_path, {
+        "/boot/grub/grub.cfg": "### BEGIN /etc/grub.d/10_linux ###\nlinux /vmlinuz root=UUID=abc console=ttyS0,115200\n",
+        "/etc/default/grub.d/40-xen.cfg": 'GRUB_CMDLINE_LINUX="console=hvc0 root=/dev/xvda1"\n',
+        "/etc/default/grub.d/50-extra.cfg": ('GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX xencons=tty"\n'
+                                             'GRUB_CMDLINE_LINUX_DEFAULT="quiet console=hvc0"\n'),
+        "/etc/default/grub.d/README": "GRUB_CMDLINE_LINUX=console=hvc0\n",
+    })
+    mapping = devices.DeviceMap(["xvda"])
+    console.apply(guest, mapping, ifnames0=True)
+    d = tmp_path / "etc/default/grub.d"
+    assert (d / "40-xen.cfg").read_text() == \
+        'GRUB_CMDLINE_LINUX="root=/dev/vda1 console=tty0 console=ttyS0,115200 net.ifnames=0"\n'
+    assert (d / "50-extra.cfg").read_text() == \
+        'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX"\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'
+    assert (d / "README").read_text() == "GRUB_CMDLINE_LINUX=console=hvc0\n"  # not a .cfg: grub ignores it
+    assert guest.changed_path("/etc/default/grub.d/40-xen.cfg")
+    assert bootloader.needs_grub_mkconfig(guest, {"kernels": []})  # a changed snippet means a new grub.cfg
+    again = GuestEditor(str(tmp_path))
+    console.apply(again, mapping, ifnames0=True)
+    assert again.changes == []
+
+
+def test_first_boot_updates_package_lists_before_installing():
+    script = firstboot.script_text(["grub-install /dev/vda", "apt-get install -y qemu-guest-agent",
+                                    "apt-get install -y other"]).splitlines()
+    runs = [line for line in script if line.endswith("|| echo 'failed: %s'" % line.split(" ||")[0])]
+    assert [line.split(" ||")[0] for line in runs] == [
+        "grub-install /dev/vda", "apt-get update", "apt-get install -y qemu-guest-agent", "apt-get install -y other"]
+    assert firstboot.with_fresh_package_lists(["apt-get update", "apt-get install -y x"]) == \
+        ["apt-get update", "apt-get install -y x"]

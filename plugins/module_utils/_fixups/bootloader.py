@@ -189,7 +189,7 @@ def needs_grub_mkconfig(guest, facts):
     text = guest.read(GRUB_CFG)
     if text is None or grub_cfg_problems(text):
         return True
-    if guest.changed_path("/etc/default/grub"):
+    if guest.changed_path("/etc/default/grub", *console.grub_default_d_files(guest)):
         return True
     return any(os.path.basename(k["image"]) not in text for k in facts["kernels"] if k.get("usable_on_kvm"))
 

@@ -51,8 +51,23 @@ exit 0
 """ % {"script": SCRIPT}
 
 
+def with_fresh_package_lists(commands):
+    """``commands`` with an ``apt-get update`` before the first ``apt-get install``: the package
+    lists in a migrated image are as old as its last update under Xen, and the versions they name
+    may be gone from the mirror."""
+    commands = list(commands)
+    for index, command in enumerate(commands):
+        if command.startswith("apt-get update"):
+            break
+        if command.startswith("apt-get install"):
+            commands.insert(index, "apt-get update")
+            break
+    return commands
+
+
 def script_text(commands):
     """The one-shot script: each command logged, failures logged but not fatal, then removal."""
+    commands = with_fresh_package_lists(commands)
     body = ["#!/bin/sh",
             "# xen2kvm first boot on KVM: runs once, then removes itself.",
             "exec >>/var/log/xen2kvm-firstboot.log 2>&1",

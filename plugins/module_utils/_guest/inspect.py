@@ -52,6 +52,11 @@ GRUB_LEGACY_PACKAGES = ("grub-legacy", "grub")  # "grub" was grub-legacy up to s
 
 XE_GUEST_UTILITIES_FILES = ("/usr/sbin/xe-daemon", "/usr/sbin/xe-linux-distribution",
                             "/etc/init.d/xe-linux-distribution")
+# Citrix/XenServer's xe-guest-utilities (and its -xenstore, -latest ... siblings) and XCP-ng's
+# Rust xen-guest-agent: all talk to xenstore, which KVM does not have.
+XEN_TOOL_PACKAGE_PREFIX = "xe-guest-utilities"
+XEN_TOOL_PACKAGES = ("xen-guest-agent",)
+XEN_TOOL_FILES = XE_GUEST_UTILITIES_FILES + ("/usr/sbin/xen-guest-agent", "/usr/bin/xen-guest-agent")
 QEMU_GUEST_AGENT_FILES = ("/usr/sbin/qemu-ga", "/usr/bin/qemu-ga")
 
 
@@ -558,6 +563,13 @@ def _tool_installed(root, packages, package, files):
     return any(os.path.isfile(resolve_guest_path(root, f)) for f in files)
 
 
+def xen_tool_packages(packages):
+    """Xen guest tool packages dpkg knows, installed or with configuration files left."""
+    return sorted(name for name, package in packages.items()
+                  if (name.startswith(XEN_TOOL_PACKAGE_PREFIX) or name in XEN_TOOL_PACKAGES)
+                  and package["status"].split()[-1:] != ["not-installed"])
+
+
 def inspect_guest(root, disk=None):
     """All facts about the guest mounted at ``root`` as one JSON-friendly dict.
 
@@ -581,6 +593,8 @@ def inspect_guest(root, disk=None):
             else "unknown"),
         "xe_guest_utilities": _tool_installed(root, packages, "xe-guest-utilities",
                                               XE_GUEST_UTILITIES_FILES),
+        "xen_tools_packages": xen_tool_packages(packages),
+        "xen_tools_files": [f for f in XEN_TOOL_FILES if os.path.lexists(resolve_guest_path(root, f))],
         "qemu_guest_agent": _tool_installed(root, packages, "qemu-guest-agent",
                                             QEMU_GUEST_AGENT_FILES),
         "kernel_packages": sorted(n for n, p in packages.items()
