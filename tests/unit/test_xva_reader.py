@@ -1,6 +1,7 @@
 """The streaming XVA reader against every shape the test writer produces (docs/xva-format.md)."""
 
 import hashlib
+import re
 import json
 import os
 import subprocess
@@ -193,8 +194,11 @@ def test_rerun_is_unchanged_and_force_converts_again(tmp_path, two_disk_vm):
     assert second["changed"] is False and second["disks"] == first["disks"]
     assert convert_xva(str(xva), str(tmp_path / "o"), check_mode=True)["changed"] is False
     assert convert_xva(str(xva), str(tmp_path / "o"), force=True)["changed"] is True
-    os.truncate(first["disks"][1]["path"], 10)  # a damaged image is converted again
-    assert convert_xva(str(xva), str(tmp_path / "o"))["changed"] is True
+    # An image changed since its conversion (fixed up, booted, damaged) is never replaced unasked.
+    os.truncate(first["disks"][1]["path"], 10)
+    kept = convert_xva(str(xva), str(tmp_path / "o"))
+    assert kept["changed"] is False and [d["modified_since_conversion"] for d in kept["disks"]] == [False, True]
+    assert convert_xva(str(xva), str(tmp_path / "o"), force=True)["changed"] is True
     assert image_bytes(first["disks"][1]["path"]) == two_disk_vm.disks[0].image
 
 
@@ -436,3 +440,133 @@ def test_padding_that_is_not_zero_is_refused(tmp_path):
     with pytest.raises(XvaError, match=r"Ref:\d+/00000001.* offset \d+.*past its virtual_size"):
         convert_xva(str(xva), str(tmp_path / "o"))
     assert leftovers(tmp_path / "o") == []
+
+
+# ------------------------------------------------------------------ issue 7: bad bytes anywhere end in XvaError
+
+
+def _plain_xva(tmp_path):
+    content = sparse_disk({0: None, 2: None}, size=3 * MiB + 4096)
+    buffer = tmp_path / "good.xva"
+    written = write_xva(str(buffer), VM(disks=[Disk(image=content)]), checksum="sha1", keepalives={0: 1})
+    return bytearray(buffer.read_bytes()), written["members"]
+
+
+def _header_offsets(members):
+    offsets, pos = [], 0
+    for _name, size in members:
+        offsets.append(pos)
+        pos += 512 + size + (-size % 512)
+    return offsets
+
+
+def _fix_checksum(data, at):
+    header = data[at:at + 512]
+    header[148:156] = b" " * 8
+    header[148:156] = b"%07o\0" % sum(header)
+    data[at:at + 512] = header
+
+
+def _pax(records, body=b""):
+    for key, value in records:
+        record = b" %s=%s\n" % (key, value)
+        length = len(record) + 1
+        length = len(record) + len(str(length))
+        body += str(length).encode() + record
+    from xva_writer import v7_header
+    header = bytearray(v7_header("PaxHeader", len(body), typeflag=b"x"))
+    return bytes(header) + body + bytes(-len(body) % 512)
+
+
+def _set_field(start, end, value):
+    def corrupt(data, at):
+        field = (value + bytes(end - start))[:end - start]
+        data[at + start:at + end] = field
+        _fix_checksum(data, at)
+    return corrupt
+
+
+def _insert(blob):
+    def corrupt(data, at):
+        data[at:at] = blob
+    return corrupt
+
+
+def _flip_checksum(data, at):
+    data[at + 150] ^= 0x01
+
+
+def _truncate_inside(data, at):
+    del data[at + 100:]
+
+
+HEADER_DAMAGE = {
+    "checksum": (_flip_checksum, "checksum"),
+    "size not octal": (_set_field(124, 136, b"9x9x9x9x9x9\0"), "size field"),
+    "size base-256 huge": (_set_field(124, 136, b"\x80" + b"\xff" * 11), "larger than|more than|truncated|expected a hex digest"),
+    "size octal huge": (_set_field(124, 136, b"77777777777\0"), "larger than|more than|truncated|expected a hex digest"),
+    "type symlink": (_set_field(156, 157, b"2"), "tar type"),
+    # the member's data becomes the name of the next member: named, at the next member's offset
+    "type long name": (_set_field(156, 157, b"L"), "too large|not UTF-8|outside|truncated|checksum|first member"),
+    "name not utf-8": (_set_field(0, 100, b"Ref:\xff\xfe/00000000"), "not UTF-8"),
+    "pax size not a number": (_insert(_pax([(b"size", b"12abc")])), "pax"),
+    "pax size negative": (_insert(_pax([(b"size", b"-512")])), "pax"),
+    "pax record length garbage": (_insert(_pax([], b"9z path=x\n")), "pax"),
+    "pax record length too long": (_insert(_pax([], b"99 path=x\n")), "pax"),
+    "pax path not utf-8": (_insert(_pax([(b"path", b"Ref:\xff/00000000")])), "not UTF-8"),
+    "truncated header": (_truncate_inside, "truncated"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(HEADER_DAMAGE))
+def test_damaged_tar_headers_fail_with_member_and_offset(tmp_path, damage):
+    corrupt, expected = HEADER_DAMAGE[damage]
+    good, members = _plain_xva(tmp_path)
+    offsets = _header_offsets(members)
+    # every header: ova.xml, the first chunk, its checksum, a keep-alive, the last chunk
+    for index in sorted({0, 1, 2, 3, len(members) - 2, len(members) - 1}):
+        data = bytearray(good)
+        at = offsets[index]
+        corrupt(data, at)
+        xva = tmp_path / ("bad-%d.xva" % index)
+        xva.write_bytes(bytes(data))
+        dest = tmp_path / ("o-%d" % index)
+        with pytest.raises(XvaError) as caught:
+            convert_xva(str(xva), str(dest))
+        message = str(caught.value)
+        assert re.search(expected, message), (index, message)
+        if damage != "type long name":
+            assert "offset %d" % at in message or "offset %d" % (at + 512) in message, (index, message)
+        assert re.search(r"offset \d+", message), message
+        names = {members[index][0]} | ({members[index - 1][0]} if index else {"the first tar header"})
+        assert damage == "type long name" or any(repr(name) in message or name in message for name in names), (index, message)
+        assert leftovers(dest) == []
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=4),
+       compression=st.sampled_from([None, "gzip", "zstd"]), in_headers=st.booleans())
+def test_random_byte_flips_raise_only_xva_errors(tmp_path, flips, compression, in_headers):
+    work = tmp_path / ("flip-%d" % time.monotonic_ns())
+    work.mkdir()
+    good, members = _plain_xva(work)
+    offsets = _header_offsets(members)
+    data = bytearray(good)
+    for where, mask in flips:
+        if in_headers:
+            at = offsets[int(where * len(offsets))] + int(where * 997) % 512
+        else:
+            at = int(where * len(data))
+        data[at] ^= mask
+    if compression == "gzip":
+        import gzip
+        data = gzip.compress(bytes(data), compresslevel=1)
+    elif compression == "zstd":
+        import zstandard
+        data = zstandard.ZstdCompressor(level=1).compress(bytes(data))
+    xva = work / "flipped.xva"
+    xva.write_bytes(bytes(data))
+    try:
+        convert_xva(str(xva), str(work / "o"))
+    except XvaError:
+        assert leftovers(work / "o") == []

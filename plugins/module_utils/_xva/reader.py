@@ -64,9 +64,11 @@ def read_ova_xml(tar):
     if member is None:
         raise XvaError("not an XVA: the tar stream is empty")
     if member.name != "ova.xml":
-        raise XvaError("not an XVA: the first member is %r, xapi always writes ova.xml first" % member.name)
+        raise XvaError("not an XVA: the first member is %r (data at offset %d), xapi always writes ova.xml first"
+                       % (member.name[:100], member.offset))
     if member.size > MAX_OVA_XML_BYTES:
-        raise XvaError("ova.xml is %d bytes, more than the %d allowed" % (member.size, MAX_OVA_XML_BYTES))
+        raise XvaError("ova.xml (data at offset %d) is %d bytes, more than the %d allowed"
+                       % (member.offset, member.size, MAX_OVA_XML_BYTES))
     data = tar.read_member(member)
     try:
         spec, vdi_ids = vm_spec(parse_ova_xml(data))
@@ -116,6 +118,7 @@ class DiskTarget:
         self.chunks = 0
         self.verified = 0
         self.unverified = 0
+        self.first_unverified = None  # (member name, stream offset) of the first chunk without a checksum
         self.written = 0          # bytes of the disk already covered (written or skipped)
         self.padding = 0          # bytes of the current chunk past virtual_size (a padded last chunk)
         self.started = None
@@ -348,6 +351,8 @@ class XvaReader:
             check = None
             if expected is None:
                 target.unverified += 1
+                if target.first_unverified is None:
+                    target.first_unverified = (member.name, member.offset)
             else:
                 target.verified += 1
                 if self.verify:
@@ -375,8 +380,9 @@ class XvaReader:
                 # xapi writes no chunk at all for an empty VDI, so only a non-empty one needs a folder.
                 raise XvaError("disk folder %s is missing from the XVA" % target.ref)
             if self.verify and target.verified and target.unverified:
-                raise XvaError("disk folder %s: %d chunks have no checksum member while %d do"
-                               % (target.ref, target.unverified, target.verified))
+                raise XvaError("disk folder %s: %d chunks have no checksum member while %d do (the first: "
+                               "member %r at offset %d)" % ((target.ref, target.unverified, target.verified)
+                                                            + target.first_unverified))
             target.written = target.virtual_size
             if target.finished is None:
                 target.finished = time.time()

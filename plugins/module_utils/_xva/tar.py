@@ -35,18 +35,17 @@ class TarMember:
         return "TarMember(%r, size=%d, offset=%d)" % (self.name, self.size, self.offset)
 
 
-def _octal_or_base256(field, what, offset):
+def _octal_or_base256(field, what, where):
     if field[:1] and field[0] & 0x80:
         # GNU base-256 for sizes of 8 GiB and more: the high bit marks it, the rest is big-endian.
         return int.from_bytes(bytes([field[0] & 0x7F]) + bytes(field[1:]), "big")
     text = field.replace(b"\0", b" ").strip()
     if not text:
         return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise TarFormatError("invalid %s field %r in the tar header at offset %d: not a tar stream or a damaged one"
-                             % (what, bytes(field), offset))
+    if not all(0x30 <= char <= 0x37 for char in text):  # int() would also take "+7", "0o7", "1_0"
+        raise TarFormatError("invalid %s field %r in %s: not a tar stream or a damaged one"
+                             % (what, bytes(field), where))
+    return int(text, 8)
 
 
 def _header_checksum_ok(block):
@@ -67,30 +66,38 @@ def _c_string(field):
     return field.split(b"\0", 1)[0]
 
 
-def _decode_name(raw, offset):
+def _decode_name(raw, where):
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise TarFormatError("member name at offset %d is not UTF-8: %r" % (offset, raw[:100]))
+        raise TarFormatError("member name %r in %s is not UTF-8" % (bytes(raw[:100]), where))
 
 
-def _pax_records(data, offset):
+def _pax_records(data, where):
+    """``LENGTH key=value\n`` records; LENGTH counts the whole record, its own digits included."""
     records = {}
     pos = 0
     while pos < len(data):
+        if not data[pos:].strip(b"\0"):
+            break  # NUL padding after the last record
         space = data.find(b" ", pos)
-        if space < 0:
-            break
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            raise TarFormatError("malformed pax header at offset %d" % offset)
-        if length <= 0 or pos + length > len(data):
-            raise TarFormatError("malformed pax header at offset %d" % offset)
+        digits = data[pos:space] if space > pos else b""
+        if not digits.isdigit():
+            raise TarFormatError("malformed pax header in %s: record at byte %d has no length" % (where, pos))
+        length = int(digits)
+        if space >= pos + length or pos + length > len(data) or data[pos + length - 1:pos + length] != b"\n":
+            raise TarFormatError("malformed pax header in %s: record at byte %d claims %d bytes" % (where, pos, length))
         key, _sep, value = data[space + 1:pos + length - 1].partition(b"=")
         records[key.decode("utf-8", "replace")] = value
         pos += length
     return records
+
+
+def _pax_size(value, where):
+    text = value.strip()
+    if not text.isdigit():
+        raise TarFormatError("pax size %r in %s is not a non-negative number" % (bytes(value[:40]), where))
+    return int(text)
 
 
 class TarStream:
@@ -101,6 +108,13 @@ class TarStream:
         self.position = 0          # bytes consumed from the (decompressed) stream
         self._pending_skip = 0     # unread data + padding of the current member
         self.ended = False
+        self.last_name = None      # the member before the next header, for error messages
+
+    def where(self, offset):
+        """Where a header is, in words: its offset and the member it follows."""
+        if self.last_name is None:
+            return "the first tar header, at offset %d" % offset
+        return "the tar header at offset %d (after member %r)" % (offset, self.last_name)
 
     def read_exact(self, size, what):
         data = self._file.read(size)
@@ -129,6 +143,7 @@ class TarStream:
         self._skip_pending()
         long_name = None
         pax = {}
+        first = None               # offset of the first header of this member (extended headers come first)
         while True:
             offset = self.position
             block = self._file.read(BLOCK)
@@ -139,27 +154,28 @@ class TarStream:
                         break
                     block += more
                 if not block:
-                    raise TarFormatError("stream truncated at offset %d: the tar end-of-archive marker is missing"
-                                         % offset)
+                    raise TarFormatError("stream truncated at %s: the tar end-of-archive marker is missing"
+                                         % self.where(offset))
                 if len(block) < BLOCK:
-                    raise TarFormatError("stream truncated inside a tar header at offset %d" % offset)
+                    raise TarFormatError("stream truncated inside %s" % self.where(offset))
             self.position += BLOCK
             if block == bytes(BLOCK):
                 self.ended = True
                 return None
+            first = offset if first is None else first
+            where = self.where(first)
             if not _header_checksum_ok(block):
-                raise TarFormatError("bad tar header checksum at offset %d: not a tar stream, or a damaged one"
-                                     % offset)
-            size = _octal_or_base256(block[124:136], "size", offset)
+                raise TarFormatError("bad tar header checksum in %s: not a tar stream, or a damaged one" % where)
+            size = _octal_or_base256(block[124:136], "size", where)
             typeflag = block[156:157]
             if typeflag in (b"L", b"x", b"g"):
                 if size > MAX_LONG_NAME:
-                    raise TarFormatError("extended header of %d bytes at offset %d is too large" % (size, offset))
+                    raise TarFormatError("extended header of %d bytes in %s is too large" % (size, where))
                 data = self.read_exact(size + (-size % BLOCK), "extended header")[:size]
                 if typeflag == b"L":
                     long_name = _c_string(data)
                 elif typeflag == b"x":
-                    pax.update(_pax_records(data, offset))
+                    pax.update(_pax_records(data, where))
                 continue
             name = long_name if long_name is not None else _c_string(block[0:100])
             if long_name is None and block[257:262] == b"ustar":
@@ -169,16 +185,18 @@ class TarStream:
             if "path" in pax:
                 name = pax["path"]
             if "size" in pax:
-                size = int(pax["size"])
+                size = _pax_size(pax["size"], where)
             self._pending_skip = size + (-size % BLOCK)
             if typeflag == DIRECTORY_TYPE:
-                long_name, pax = None, {}
+                long_name, pax, first = None, {}, None
                 self._skip_pending()
                 continue
+            name = _decode_name(name, where)
             if typeflag not in REGULAR_TYPES:
                 raise TarFormatError("member %r at offset %d has tar type %r; an XVA holds only regular files"
-                                     % (_decode_name(name, offset), offset, typeflag.decode("latin-1")))
-            return TarMember(_decode_name(name, offset), size, self.position)
+                                     % (name, offset, typeflag.decode("latin-1")))
+            self.last_name = name
+            return TarMember(name, size, self.position)
 
     def read_member_into(self, member, buffer):
         """Read the data of ``member`` into ``buffer`` (reused by the caller: no allocation per
