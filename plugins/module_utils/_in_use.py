@@ -1,10 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright: xen2kvm developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Who is using a disk image: a process holding it open, or a qemu naming it.
+"""Who is using a disk image: a process holding it open, a qemu naming it, a loop device backed
+by it and whatever is mounted from that loop device.
 
-Converting onto, or mounting, the disk of a running VM corrupts it, so both xva_convert and
-guest_fixup ask this first.  qemu started by libvirt names its disks inside option strings
+Converting onto, or mounting, the disk of a running VM corrupts it, so xva_convert and
+guest_fixup ask this first; kvm_domain and kvm_boot_check ask it before they start a domain.  qemu started by libvirt names its disks inside option strings
 (``-blockdev {"filename": "/x/../y.raw"}``), not always in canonical form, so each path-like
 piece of its command line is compared by inode, not by spelling.
 """
@@ -76,3 +77,84 @@ def processes_using(path):
 
 def describe_users(users):
     return ", ".join("%s (pid %d) %s" % (comm, pid, how) for pid, comm, how in users)
+
+
+# --------------------------------------------------------------------------- loop devices, mounts
+
+SYS_BLOCK = "/sys/block"
+
+
+def _read(path):
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _device_numbers(sys_dir):
+    """major:minor of a block device and of its partitions (loop0, loop0p1, ...)."""
+    numbers = []
+    for dev_file in [os.path.join(sys_dir, "dev")] + sorted(
+            os.path.join(sys_dir, entry, "dev") for entry in os.listdir(sys_dir)
+            if os.path.isfile(os.path.join(sys_dir, entry, "partition"))):
+        value = _read(dev_file)
+        if value and ":" in value:
+            major, minor = value.split(":")
+            numbers.append(("/dev/" + os.path.basename(os.path.dirname(dev_file)), int(major), int(minor)))
+    return numbers
+
+
+def loops_backed_by(path):
+    """[(loop device, offset)] of the loop devices whose backing file is ``path``, compared by
+    inode (a file renamed over the old path is another file)."""
+    try:
+        target_stat = os.stat(path)
+    except OSError:
+        return []
+    found = []
+    try:
+        names = sorted(os.listdir(SYS_BLOCK))
+    except OSError:
+        return []
+    for name in names:
+        if not name.startswith("loop"):
+            continue
+        backing = _read(os.path.join(SYS_BLOCK, name, "loop", "backing_file"))
+        if not backing or backing.endswith(" (deleted)"):
+            continue
+        if _same_file(backing, target_stat):
+            offset = _read(os.path.join(SYS_BLOCK, name, "loop", "offset")) or "0"
+            found.append(("/dev/" + name, int(offset) if offset.isdigit() else 0))
+    return found
+
+
+def _mountinfo():
+    """(major, minor, mount point) of every mount of this mount namespace."""
+    mounts = []
+    try:
+        with open("/proc/self/mountinfo") as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) > 4 and ":" in fields[2]:
+                    major, minor = fields[2].split(":")
+                    point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                    mounts.append((int(major), int(minor), point))
+    except OSError:
+        pass
+    return mounts
+
+
+def image_holders(path):
+    """Everything on this host that holds the disk image ``path``, as readable phrases:
+    processes that have it open (or qemus naming it), loop devices backed by it, and the mount
+    points of those loop devices (and their partitions)."""
+    holders = ["%s (pid %d) %s" % (comm, pid, how) for pid, comm, how in processes_using(path)]
+    loops = loops_backed_by(path)
+    mounts = _mountinfo()
+    for device, offset in loops:
+        holders.append("loop device %s%s" % (device, " (offset %d)" % offset if offset else ""))
+        for name, major, minor in _device_numbers(os.path.join(SYS_BLOCK, os.path.basename(device))):
+            for point in [p for mj, mn, p in mounts if (mj, mn) == (major, minor)]:
+                holders.append("%s mounted on %s" % (name, point))
+    return holders

@@ -19,6 +19,9 @@ description:
   - The serial console is read from the log file libvirt writes for the domain's C(<serial><log>)
     element (as M(xen2kvm.migration.kvm_domain) defines it), or from O(console_log).
   - When the module starts the domain, only console output written since then is searched.
+  - A domain that is not running is not started (also in check mode) while one of its disk images is
+    attached to a loop device, mounted from one or held open by a process on this host; the
+    message names each holder (command and pid, loop device, mount point).
   - On timeout, or when the domain stops before booting, the module fails with the last 40 lines
     of the console in its message.
 author:

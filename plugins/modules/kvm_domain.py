@@ -114,6 +114,9 @@ options:
     description:
       - V(defined) defines the domain, V(running) also starts it when it is not running,
         V(absent) stops it if running and undefines it (with its NVRAM).
+      - V(running) refuses to start the domain (also in check mode) while one of its disk images
+        is attached to a loop device, mounted from one or held open by a process on this host; the
+        message names each holder (command and pid, loop device, mount point).
     type: str
     choices: [defined, running, absent]
     default: defined

@@ -19,7 +19,7 @@ import time
 import xml.etree.ElementTree as ET
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain import (
-    KvmDomainError, connect, domain_state, find_domain)
+    KvmDomainError, connect, domain_disk_paths, domain_state, find_domain, refuse_disks_in_use)
 
 try:
     import libvirt
@@ -117,6 +117,8 @@ def boot_check(params, check_mode=False, clock=time.monotonic, sleep=time.sleep)
         running = bool(dom.isActive())
         if not running and not params.get("start", True):
             raise BootCheckError("domain %s is not running and start=false" % params["name"])
+        if not running:
+            refuse_disks_in_use(params["name"], domain_disk_paths(dom), dom)
         if check_mode:
             method, lines = _probe(dom, log_path, 0, regex, wait_for) if running else (None, [])
             result.update(changed=not running, started=not running, method=method or "",

@@ -25,6 +25,7 @@ import traceback
 import xml.etree.ElementTree as ET
 
 from ansible.module_utils.basic import missing_required_lib
+from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import image_holders
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain_xml import (
     DomainXMLError, build_domain_xml, compare_with_stored, format_from_path, read_metadata,
     sanitize_name, validate_name)
@@ -315,9 +316,32 @@ def set_autostart(dom, wanted, check_mode):
     return True
 
 
-def start(dom, check_mode):
+def refuse_disks_in_use(name, paths, dom=None):
+    """KvmDomainError naming every holder when a disk image of the domain ``name`` is attached
+    to a loop device, mounted from one, or held by a process: booting a VM on a disk the host
+    is also writing to corrupts it.  Only called while the domain is not running, so no qemu of
+    its own can be among the holders."""
+    busy = []
+    for path in paths:
+        holders = image_holders(path)
+        if holders:
+            busy.append("%s is in use: %s" % (path, ", ".join(holders)))
+    if busy:
+        raise KvmDomainError("not starting domain %s: %s. Stop those processes, unmount and detach the loop "
+                             "devices (umount, losetup -d) first" % (name, "; ".join(busy)),
+                             domain=domain_info(dom, name))
+
+
+def domain_disk_paths(dom):
+    """The disk images (and block devices) the domain's definition uses, CD-ROMs left out."""
+    return _disk_sources(ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+
+
+def start(dom, check_mode, name=None, disks=()):
     if dom is not None and dom.isActive():
         return False
+    refuse_disks_in_use(dom.name() if dom is not None else name,
+                        domain_disk_paths(dom) if dom is not None else [d["path"] for d in disks], dom)
     if not check_mode:
         try:
             dom.create()
@@ -406,7 +430,7 @@ def run(params, check_mode=False):
             changed = res["changed"]
             started = False
             if state == "running":
-                started = start(dom, check_mode)
+                started = start(dom, check_mode, res["name"], res["disks"])
             autostart_changed = set_autostart(dom, params.get("autostart"), check_mode)
             info = domain_info(dom, res["name"])
             if check_mode and started:
