@@ -27,6 +27,7 @@ _XEN_CONSOLE = re.compile(r"^console=(?:hvc|xvc)\d*(?:,.*)?$")
 _XEN_ONLY_ARGS = re.compile(r"^(?:xencons|xen_emul_unplug|xen_pv_hvm|xen_nopvspin)(?:=.*)?$")
 GETTY_WANTS = "/etc/systemd/system/getty.target.wants"
 GRUB_DEFAULT_D = "/etc/default/grub.d"
+_OURS = "#xen2kvm: "  # how fix_inittab comments out a line
 _XEN_GETTY = re.compile(r"\b(?:hvc|xvc)\d+\b")
 # "#2:23:respawn:/sbin/getty 38400 tty2": a virtual-terminal getty some Xen tool commented out.
 _COMMENTED_VT_GETTY = re.compile(r"^#+[ \t]*(\w{1,4}:[^:\n]*:respawn:[^\n]*getty[^\n]*\btty\d+\b[^\n]*\n?)$")
@@ -163,11 +164,12 @@ def _restore_vt_gettys(lines):
         if restored and not restored[-1].endswith("\n"):
             restored[-1] += "\n"
         restored.append(line)
-        fields = line[len("#xen2kvm: "):].split(":") if line.startswith("#xen2kvm: ") else []
-        if len(fields) >= 4 and fields[0].isdigit() and fields[0] not in active and _XEN_GETTY.search(fields[3]):
-            restored.append(line[len("#xen2kvm: "):].replace(_XEN_GETTY.search(fields[3]).group(0),
-                                                               "tty" + fields[0], 1))
-            active.add(fields[0])
+        original = line[len(_OURS):] if line.startswith(_OURS) else ""
+        fields = original.split(":")
+        console = _XEN_GETTY.search(fields[3]) if len(fields) >= 4 else None
+        if console and fields[0].strip().isdigit() and fields[0].strip() not in active:
+            restored.append(original.replace(console.group(0), "tty" + fields[0].strip(), 1))
+            active.add(fields[0].strip())
     return restored
 
 
@@ -183,7 +185,7 @@ def fix_inittab(text):
         if not line.lstrip().startswith("#") and len(fields) >= 4:
             used_ids.add(fields[0].strip())
             if _XEN_GETTY.search(fields[3]):
-                out.append("#xen2kvm: " + line)
+                out.append(_OURS + line)
                 xen_getty = True
                 continue
             if re.search(r"\bttyS0\b", fields[3]):
