@@ -19,10 +19,19 @@ description:
   - Omitted and all-zero chunks become holes, so images are sparse. Each image has exactly the
     VDI's C(virtual_size).
   - Images are written under hidden temporary names, synced and renamed only when the whole XVA
-    was read and verified. On any error nothing is left at the destination names and the
-    temporary files are removed.
-  - A manifest (C(.<first image name>.xen2kvm.json)) beside the images records what they were made from, so
-    a rerun on the same source is C(changed=false).
+    was read and verified; the images, the manifest and the directory entries are synced to disk
+    before success is reported. On any error, and on SIGTERM, SIGINT or SIGHUP, nothing is left
+    at the destination names, the temporary files are removed and the status file says
+    C(failed). Temporary files of a run killed outright (SIGKILL, power loss) are removed by the
+    next run.
+  - A manifest (C(.<first image name>.xen2kvm.json)) beside the images records what they were made
+    from (the export's ova.xml, the VM uuid, the source, whether checksums were verified) and how
+    the images looked when written. A rerun on the same export is C(changed=false), also after
+    the images were fixed up or booted.
+  - Without O(force) nothing else is replaced. A different export of the same VM (xapi numbers
+    every export anew), images of another VM, files no manifest records, and images changed since
+    their conversion are refused with a message naming both sides. Even with O(force) the disk of
+    a running VM is never replaced.
 author:
   - xen2kvm developers (@xen2kvm)
 extends_documentation_fragment:
@@ -50,12 +59,16 @@ options:
     description:
       - Verify every chunk's checksum member. An XVA without any checksum members is accepted
         with a warning; one where only some chunks have checksums is refused.
+      - A rerun with C(true) over images converted with C(false) from an XVA that has checksums
+        converts again, verifying; when those images were changed since, it fails unless
+        O(force) is set.
     type: bool
     default: true
   force:
     description:
-      - Convert again even when the manifest says the images are complete, and replace existing
-        files at the image names that were not made from this XVA.
+      - Convert again even when the manifest says the images are complete, and replace whatever
+        is at the image names - another export of the same VM, another VM's images, unknown
+        files, images changed since their conversion. Never the disk of a running VM.
     type: bool
     default: false
   status_file:
@@ -140,7 +153,15 @@ disks:
       description: Data members read for this disk. Not returned in check mode.
       type: int
     checksums_verified:
-      description: True when every chunk's checksum was checked. Not returned in check mode.
+      description:
+        - True only when every chunk's checksum was compared with the data, by this run or by
+          the conversion the manifest records. False with O(verify_checksums=false) or when the
+          XVA has no checksums. Not returned in check mode.
+      type: bool
+    modified_since_conversion:
+      description:
+        - True when the image was changed (fixed up, booted, replaced) after the conversion that
+          made it; such an image is kept. Not returned in check mode.
       type: bool
     seconds:
       description: Time spent on this disk. Not returned in check mode.

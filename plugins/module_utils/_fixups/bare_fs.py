@@ -18,6 +18,7 @@ import os
 import struct
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import read_partition_table
+from ansible_collections.xen2kvm.migration.plugins.module_utils._interrupt import SignalGuard, temp_mark
 
 ALIGN = 1 << 20
 SECTOR = 512
@@ -82,7 +83,26 @@ def repartition(path, check_mode=False):
         return plan
     if plan["new_size"] > MBR_LIMIT:
         raise BareFsError("%s is larger than an MBR partition table can address (2 TiB)" % path)
-    tmp = "%s.xen2kvm-part.%d" % (path, os.getpid())
+    done = []
+    with SignalGuard(_interrupted(path, done)) as guard:
+        _rebuild(path, size, plan, guard)
+        done.append(True)
+    return plan
+
+
+def _interrupted(path, done):
+    def error(signal_name):
+        if done:
+            return BareFsError("interrupted by %s after %s was repartitioned" % (signal_name, path))
+        return BareFsError("interrupted by %s; %s was left as it was" % (signal_name, path))
+    return error
+
+
+def _rebuild(path, size, plan, guard):
+    """Copy into a temporary file beside ``path`` (its name says whose it is, so a killed run's
+    leftover is swept by the next conversion) and rename it over ``path`` when complete."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, "%s%s" % (name, temp_mark()))
     src = os.open(path, os.O_RDONLY)
     try:
         dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -94,11 +114,21 @@ def repartition(path, check_mode=False):
         finally:
             os.close(dst)
         os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-        os.rename(tmp, path)
+        with guard.deferred(raise_after=False):  # acted upon when the guard ends
+            os.rename(tmp, path)
+            _fsync_directory(directory or ".")
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with guard.deferred(raise_after=False):
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         raise
     finally:
         os.close(src)
-    return plan
+
+
+def _fsync_directory(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

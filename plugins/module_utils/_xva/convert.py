@@ -13,6 +13,7 @@ import time
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva import images
 from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import describe_users, processes_using
+from ansible_collections.xen2kvm.migration.plugins.module_utils._interrupt import SignalGuard, sweep_dead_temps
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.progress import ProgressReporter
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.tar import TarStream
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader import (
@@ -57,7 +58,7 @@ def xva_info(src, open_url_func=None, url_options=None):
         return {"spec": xva.spec, "compression": xva.compression or "none"}
 
 
-def _disk_result(disk, target, path, fmt, extra_seconds=0.0):
+def _disk_result(disk, target, path, fmt, verify, extra_seconds=0.0):
     seconds = max((target.finished or time.time()) - (target.started or time.time()), 0.0) + extra_seconds
     return {
         "ref": disk["ref"],
@@ -67,7 +68,9 @@ def _disk_result(disk, target, path, fmt, extra_seconds=0.0):
         "virtual_size": disk["virtual_size"],
         "allocated_bytes": images.allocated_bytes(path),
         "chunks": target.chunks,
-        "checksums_verified": target.verified > 0 and target.unverified == 0,
+        # Present checksums prove nothing unless they were compared.
+        "checksums_verified": bool(verify) and target.verified > 0 and target.unverified == 0,
+        "modified_since_conversion": False,
         "seconds": round(seconds, 3),
         "mb_per_s": round(disk["virtual_size"] / (1 << 20) / seconds, 1) if seconds > 0 else None,
     }
@@ -78,8 +81,41 @@ def _planned(spec, paths, fmt):
              "virtual_size": disk["virtual_size"]} for disk, path in zip(spec["disks"], paths)]
 
 
+def _describe_export(name, uuid, date, ova_sha256, src):
+    details = ["uuid %s" % (uuid or "unknown")]
+    if date:
+        details.append("dated %s" % date)
+    details.append("ova.xml sha256 %s" % ova_sha256[:12])
+    return "VM %r (%s) from %s" % (name, ", ".join(details), src or "an unknown source")
+
+
+def _describe_manifest(manifest):
+    vm = manifest.get("vm", {})
+    return "%s, converted %s (manifest %s)" % (
+        _describe_export(vm.get("name"), vm.get("uuid"), vm.get("date"), manifest.get("ova_sha256") or "?",
+                         (manifest.get("source") or {}).get("src")),
+        manifest.get("converted", "at an unknown time"), manifest.get("file"))
+
+
+def _recorded_entry(manifest, path):
+    for item in manifest.get("images", []):
+        if item.get("path") == path:
+            return item
+    return None
+
+
+class ConversionInterrupted(XvaError):
+    """SIGTERM, SIGINT or SIGHUP stopped the conversion."""
+
+
 class Conversion:
-    """One conversion of an XVA into ``dest``; ``run()`` returns the module result."""
+    """One conversion of an XVA into ``dest``; ``run()`` returns the module result.
+
+    What may be replaced (docs/xva_convert.md): the images of the same export again (same
+    ova.xml) are left alone (``changed=false``) even once fixed up or booted; anything else at
+    the image names (another export of this VM, another VM's images, unknown files, or images
+    changed since their conversion) only with ``force``; a disk in use never.
+    """
 
     def __init__(self, src, dest, fmt="raw", name_template=None, verify_checksums=True, force=False,
                  status_file=None, check_mode=False, open_url_func=None, url_options=None):
@@ -97,6 +133,7 @@ class Conversion:
         self.url_options = url_options
         self._temps = []
         self._fds = []
+        self._committed = False
 
     def run(self):
         with _OpenXva(self.src, self.open_url_func, self.url_options) as xva:
@@ -104,50 +141,139 @@ class Conversion:
             if not spec["disks"]:
                 raise XvaError("the VM %r in this XVA has no disks to convert" % spec["name"])
             paths = images.image_paths(spec, self.dest, self.fmt, self.name_template)
-            manifest_file = images.manifest_path(paths)
-            manifest = images.read_manifest(manifest_file)
+            manifest = images.read_manifest(images.manifest_path(paths))
             result = {"spec": spec, "compression": xva.compression or "none", "changed": False}
-            if not self.force and images.manifest_matches(manifest, xva.ova_sha256, self.fmt, paths):
-                result["disks"] = manifest["disks"]
+            if not self.check_mode:
+                sweep_dead_temps(self.dest)
+            done = self._already_done(xva, paths, manifest)
+            if done is not None:
+                result["disks"] = done
                 return result
-            self._refuse_foreign_files(paths, manifest)
+            self._refuse_disks_in_use(paths)
+            self._refuse_replacing(xva, paths, manifest)
             result["changed"] = True
             if self.check_mode:
                 result["disks"] = _planned(spec, paths, self.fmt)
                 return result
-            if not os.path.isdir(self.dest):
-                os.makedirs(self.dest, 0o755)
-            try:
-                result["disks"] = self._convert(xva, paths)
-                images.write_manifest(manifest_file, xva.ova_sha256, self.fmt, describe_source(self.src),
-                                      spec, result["disks"])
-            finally:
-                self._discard_temps()
+            images.make_directory_durably(self.dest)
+            result["disks"] = self._convert_guarded(xva, paths)
             return result
 
-    def _refuse_foreign_files(self, paths, manifest):
-        """Never overwrite a file we did not make for this VM unless told to, nor, even then,
-        the disk of a VM that is running."""
-        ours = {item.get("path") for item in (manifest or {}).get("images", [])}
+    def _same_export(self, manifest, xva):
+        return manifest is not None and manifest.get("ova_sha256") == xva.ova_sha256
+
+    def _already_done(self, xva, paths, manifest):
+        """The recorded disks when this export was converted to these images before and
+        nothing asks for it again; None when a conversion is due (which may still be refused)."""
+        if not self._same_export(manifest, xva) or manifest.get("format") != self.fmt:
+            return None
+        if images.recorded_paths(manifest) != list(paths):
+            return None
+        states = [images.image_state(item) for item in manifest["images"]]
+        if "missing" in states:
+            return None
+        if self._verification_pending(manifest):
+            self._refuse_verifying_modified(manifest, states)
+            return None
+        if self.force:
+            return None
+        return [dict(disk, modified_since_conversion=state == "modified")
+                for disk, state in zip(manifest["disks"], states)]
+
+    def _verification_pending(self, manifest):
+        """Asked to verify, and the earlier conversion skipped checksums the XVA has."""
+        checksums = manifest.get("checksums") or {}
+        return bool(self.verify) and not checksums.get("requested") and bool(checksums.get("present"))
+
+    def _refuse_verifying_modified(self, manifest, states):
+        """Verifying means converting again; that must not undo fixups without ``force``."""
+        modified = [item["path"] for item, state in zip(manifest["images"], states) if state == "modified"]
+        if modified and not self.force:
+            raise XvaError("%s were converted without checksum verification and have been changed since "
+                           "(fixed up or booted?); verifying means converting again, which would replace them: "
+                           "set force: true to do so, or verify_checksums: false to keep them unverified"
+                           % ", ".join(modified))
+
+    def _refuse_disks_in_use(self, paths):
+        """Even ``force`` never converts over the disk of a running VM."""
         for path in paths:
             users = processes_using(path) if os.path.lexists(path) else []
             if users:
                 raise XvaError("%s is in use by %s; shut that VM down before converting over its disk"
                                % (path, describe_users(users)))
-            if os.path.lexists(path) and not self.force and path not in ours:
-                raise XvaError("%s already exists and was not made from this XVA; set force=true to replace it"
-                               % path)
 
-    def _convert(self, xva, paths):
-        targets = {}
+    def _refuse_replacing(self, xva, paths, manifest):
+        """Never replace what is not a still-untouched image of this very export, unless forced."""
+        if self.force:
+            return
+        others = None
+        problems = []
+        owned = {}  # manifest file -> (why, owner, [paths]): one description per owner
+        for path in paths:
+            if not os.path.lexists(path):
+                continue
+            owner = manifest if path in images.recorded_paths(manifest) else None
+            if owner is None:
+                if others is None:
+                    others = images.manifests_beside(self.dest)
+                owner = next((m for m in others if path in images.recorded_paths(m)), None)
+            if owner is None:
+                problems.append("%s already exists and was not made from this XVA (no manifest beside it "
+                                "records it)" % path)
+                continue
+            changed = images.image_state(_recorded_entry(owner, path)) == "modified"
+            if self._same_export(owner, xva):
+                if changed:
+                    problems.append("%s was converted from this export and was changed since (fixed up or "
+                                    "booted?)" % path)
+                continue
+            why = "a different export of the same VM" if owner["vm"].get("uuid") == xva.spec.get("uuid") \
+                else "another VM"
+            owned.setdefault(owner["file"], (why, owner, []))[2].append(
+                path + (" (changed since its conversion)" if changed else ""))
+        for why, owner, held in owned.values():
+            problems.append("%s %s the image%s of %s: %s" % (", ".join(held), "holds" if len(held) == 1 else "hold",
+                                                         "" if len(held) == 1 else "s", why,
+                                                         _describe_manifest(owner)))
+        if problems:
+            raise XvaError("refusing to replace existing files, set force: true to replace them: %s; "
+                           "this XVA is %s" % ("; ".join(problems), self._describe_this(xva)))
+
+    def _describe_this(self, xva):
+        spec = xva.spec
+        return _describe_export(spec["name"], spec.get("uuid"), spec.get("source", {}).get("date"),
+                                xva.ova_sha256, describe_source(self.src)["src"])
+
+    def _interruption(self, signal_name):
+        if self._committed:
+            return ConversionInterrupted("interrupted by %s after the images were complete; they are in place"
+                                         % signal_name)
+        return ConversionInterrupted("interrupted by %s; the temporary files were removed and no image was "
+                                     "replaced" % signal_name)
+
+    def _convert_guarded(self, xva, paths):
+        with SignalGuard(self._interruption) as guard:
+            try:
+                return self._convert(xva, paths, guard)
+            except BaseException:
+                with guard.deferred(raise_after=False):
+                    self._discard_temps()
+                raise
+
+    def _create_targets(self, spec, paths, guard):
         order = []
-        for disk, path in zip(xva.spec["disks"], paths):
+        for disk, path in zip(spec["disks"], paths):
             temp = images.temp_path_for(path, ".raw")
-            fd = images.create_sparse(temp, disk["virtual_size"])
-            self._temps.append(temp)
-            self._fds.append(fd)
-            targets[disk["ref"]] = DiskTarget(disk, fd, path)
-            order.append((disk, targets[disk["ref"]], temp, path))
+            with guard.deferred():  # a temp file is created and listed for cleanup, or neither
+                fd = images.create_sparse(temp, disk["virtual_size"])
+                self._temps.append(temp)
+                self._fds.append(fd)
+            order.append((disk, DiskTarget(disk, fd, path), temp, path))
+        return order
+
+    def _convert(self, xva, paths, guard):
+        order = self._create_targets(xva.spec, paths, guard)
+        targets = {target.ref: target for _disk, target, _temp, _path in order}
         total = sum(disk["virtual_size"] for disk in xva.spec["disks"])
 
         def snapshot():
@@ -161,27 +287,41 @@ class Conversion:
             for fd in self._fds:
                 os.fsync(fd)
             self._close_fds()
-            finals = [self._finish_image(disk, target, temp, path) for disk, target, temp, path in order]
-        for (_disk, _target, temp, path), (final_temp, _result) in zip(order, finals):
-            os.rename(final_temp, path)
-            self._temps.remove(final_temp)
-        images.fsync_directory(self.dest)
+            finals = [self._finish_image(disk, target, temp, path, guard) for disk, target, temp, path in order]
+            with guard.deferred():  # renaming half of the images into place is worse than finishing
+                self._commit(xva, paths, finals, targets)
         return [result for _temp, result in finals]
 
-    def _finish_image(self, disk, target, raw_temp, path):
+    def _commit(self, xva, paths, finals, targets):
+        """Images into place, then the manifest: a crash between leaves images no manifest
+        vouches for, which a rerun refuses to replace rather than trusting them."""
+        for final_temp, result in finals:
+            os.rename(final_temp, result["path"])
+            self._temps.remove(final_temp)
+        images.fsync_directory(self.dest)
+        disks = [result for _temp, result in finals]
+        checksums = {"requested": bool(self.verify),
+                     "present": any(target.verified for target in targets.values()),
+                     "verified": all(disk["checksums_verified"] for disk in disks)}
+        images.write_manifest(images.manifest_path(paths), xva.ova_sha256, self.fmt, describe_source(self.src),
+                              xva.spec, disks, checksums)
+        self._committed = True
+
+    def _finish_image(self, disk, target, raw_temp, path, guard):
         """Turn the raw temp file into the final format (still under a temp name)."""
         if self.fmt == "raw":
-            result = _disk_result(disk, target, raw_temp, "raw")
+            result = _disk_result(disk, target, raw_temp, "raw", self.verify)
             result["path"] = path
             return raw_temp, result
         started = time.time()
         qcow2_temp = images.temp_path_for(path, ".qcow2")
-        self._temps.append(qcow2_temp)
+        with guard.deferred():
+            self._temps.append(qcow2_temp)
         images.convert_raw_to_qcow2(raw_temp, qcow2_temp)
         images.check_qcow2(qcow2_temp)
         images.remove_quietly(raw_temp)
         self._temps.remove(raw_temp)
-        result = _disk_result(disk, target, qcow2_temp, "qcow2", time.time() - started)
+        result = _disk_result(disk, target, qcow2_temp, "qcow2", self.verify, time.time() - started)
         result["path"] = path
         return qcow2_temp, result
 

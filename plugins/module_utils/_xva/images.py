@@ -17,13 +17,15 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
+from ansible_collections.xen2kvm.migration.plugins.module_utils._interrupt import temp_mark
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.progress import write_json_atomically
 
 FORMATS = ("raw", "qcow2")
 DEFAULT_NAME = "{vm}-disk{index}.{format}"
-MANIFEST_VERSION = 1
-TEMP_MARK = ".xen2kvm-part"
+MANIFEST_VERSION = 2
+MANIFEST_SUFFIX = ".xen2kvm.json"
 
 
 class ImageError(ValueError):
@@ -59,12 +61,13 @@ def manifest_path(paths):
     """The manifest belongs to the set of images, so the same VM converted to raw and to qcow2
     (or under two name templates) keeps two independent manifests."""
     directory, first = os.path.split(paths[0])
-    return os.path.join(directory, ".%s.xen2kvm.json" % first)
+    return os.path.join(directory, ".%s%s" % (first, MANIFEST_SUFFIX))
 
 
 def temp_path_for(final_path, suffix=""):
+    """A hidden name beside ``final_path`` that says which process owns it (see _interrupt)."""
     directory, name = os.path.split(final_path)
-    return os.path.join(directory, ".%s%s.%d%s" % (name, TEMP_MARK, os.getpid(), suffix))
+    return os.path.join(directory, ".%s%s%s" % (name, temp_mark(), suffix))
 
 
 def create_sparse(path, size):
@@ -94,6 +97,30 @@ def fsync_directory(directory):
         os.close(fd)
 
 
+def fsync_file(path):
+    """Flush a file another program wrote (qemu-img does not sync what it writes)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_directory_durably(directory):
+    """``mkdir -p`` whose new entries survive a crash: each new directory's parent is synced."""
+    missing = []
+    current = os.path.abspath(directory)
+    while not os.path.isdir(current):
+        missing.append(current)
+        current = os.path.dirname(current)
+    for new in reversed(missing):
+        try:
+            os.mkdir(new, 0o755)
+        except FileExistsError:
+            continue
+        fsync_directory(os.path.dirname(new))
+
+
 def allocated_bytes(path):
     return os.stat(path).st_blocks * 512
 
@@ -114,6 +141,7 @@ def convert_raw_to_qcow2(raw_path, qcow2_path):
         raise ImageError("qemu-img convert to qcow2 failed for %s: %s"
                          % (qcow2_path, result.stderr.decode("utf-8", "replace").strip()))
     os.chmod(qcow2_path, 0o600)
+    fsync_file(qcow2_path)
 
 
 def check_qcow2(path):
@@ -131,11 +159,23 @@ def check_qcow2(path):
     return report
 
 
-def image_identity(path):
-    """What tells "the image we made" apart from a replaced or truncated one.  Not the mtime:
-    once the migrated VM runs it writes to its disk, and a rerun must not convert over that."""
+def image_fingerprint(path):
+    """What tells "the image as we left it" from one changed since: the data (mtime, size) and
+    the file (inode: a repartition or a copy replaces it).  Not the ctime: the rename into
+    place and libvirt's chown when the VM starts change it without touching the data."""
     st = os.stat(path)
-    return {"path": path, "size": st.st_size, "inode": st.st_ino}
+    return {"path": path, "size": st.st_size, "inode": st.st_ino, "mtime_ns": st.st_mtime_ns}
+
+
+def image_state(recorded):
+    """``missing``, ``unchanged`` or ``modified`` (fixed up, booted, truncated, replaced) since
+    the conversion that recorded ``recorded`` (an entry of the manifest's ``images``)."""
+    try:
+        now = image_fingerprint(recorded["path"])
+    except OSError:
+        return "missing"
+    same = all(now[key] == recorded.get(key) for key in ("size", "inode", "mtime_ns"))
+    return "unchanged" if same else "modified"
 
 
 def read_manifest(path):
@@ -144,34 +184,48 @@ def read_manifest(path):
             manifest = json.load(handle)
     except (OSError, ValueError):
         return None
-    return manifest if isinstance(manifest, dict) and manifest.get("version") == MANIFEST_VERSION else None
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
+        return None
+    if not isinstance(manifest.get("images"), list) or not isinstance(manifest.get("vm"), dict):
+        return None
+    manifest["file"] = path
+    return manifest
 
 
-def manifest_matches(manifest, ova_sha256, fmt, paths):
-    """True when the manifest says these exact images were made from this ova.xml and format,
-    and the files are still the ones it recorded."""
-    if not manifest or manifest.get("ova_sha256") != ova_sha256 or manifest.get("format") != fmt:
-        return False
-    recorded = manifest.get("images") or []
-    if [item.get("path") for item in recorded] != list(paths):
-        return False
-    for item in recorded:
-        try:
-            if image_identity(item["path"]) != {key: item.get(key) for key in ("path", "size", "inode")}:
-                return False
-        except OSError:
-            return False
-    return True
+def manifests_beside(directory):
+    """Every manifest in ``directory``: who made which image files there."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if name.startswith(".") and name.endswith(MANIFEST_SUFFIX):
+            manifest = read_manifest(os.path.join(directory, name))
+            if manifest is not None:
+                found.append(manifest)
+    return found
 
 
-def write_manifest(path, ova_sha256, fmt, source, spec, disks):
+def recorded_paths(manifest):
+    return [item.get("path") for item in (manifest or {}).get("images", [])]
+
+
+def write_manifest(path, ova_sha256, fmt, source, spec, disks, checksums):
+    """Record what the images at the paths of ``disks`` were made from.  ``checksums``:
+    ``{"requested": verify_checksums, "present": the XVA had checksum members,
+    "verified": every chunk's checksum was checked}``."""
     payload = {
         "version": MANIFEST_VERSION,
         "ova_sha256": ova_sha256,
         "format": fmt,
         "source": source,
+        "vm": {"name": spec["name"], "uuid": spec.get("uuid", ""),
+               "date": spec.get("source", {}).get("date", "")},
+        "checksums": checksums,
+        "converted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "spec": spec,
         "disks": disks,
-        "images": [image_identity(disk["path"]) for disk in disks],
+        "images": [image_fingerprint(disk["path"]) for disk in disks],
     }
     write_json_atomically(path, payload)

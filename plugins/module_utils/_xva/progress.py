@@ -17,18 +17,35 @@ import tempfile
 import threading
 import time
 
+from ansible_collections.xen2kvm.migration.plugins.module_utils._interrupt import temp_mark
+
 INTERVAL = 1.0
 
 
-def write_json_atomically(path, payload):
-    """Write ``payload`` to ``path`` through a temporary file and a rename."""
+def _fsync_directory(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomically(path, payload, durable=True):
+    """Write ``payload`` to ``path`` through a temporary file and a rename.  ``durable``: the
+    file and its directory entry are synced, so after a crash the file is old or new, never
+    empty.  The temporary name carries its owner, so a killed run's leftover can be swept."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".%s%s." % (os.path.basename(path), temp_mark()), dir=directory)
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, indent=1, sort_keys=True)
             handle.write("\n")
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.rename(tmp, path)
+        if durable:
+            _fsync_directory(directory)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -73,8 +90,10 @@ class ProgressReporter:
             self._write("running")
 
     def _write(self, state, error=None):
+        # Only the final state is synced: an fsync every second would wait behind the image
+        # data being written back.
         try:
-            write_json_atomically(self.path, self.status(state, error))
+            write_json_atomically(self.path, self.status(state, error), durable=state != "running")
         except (OSError, ValueError):
             pass  # progress is advisory; it must never break the conversion
 
