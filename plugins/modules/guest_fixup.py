@@ -30,9 +30,19 @@ description:
     scheduled for the first boot when the guest's mirror is unreachable.
   - C(firstboot) a one-shot job for what only the running guest can do (C(grub-install /dev/vda),
     C(update-grub)); it removes itself. C(cleanup) stale blkid/LVM caches removed.
-  - Every edited file keeps a backup (C(<file>.xen2kvm)) and every change is logged in the guest's
-    C(/var/log/xen2kvm-fixup.log). A second run reports no change.
-  - Mounts and loop devices are always released, on success, error and SIGTERM.
+  - Every edited or removed file keeps a backup under C(/var/backups/xen2kvm/) in the guest (the guest
+    path below it, for example C(/var/backups/xen2kvm/etc/fstab)), never beside the file, where
+    directories read as a whole (C(conf.d), C(interfaces.d)) would still use it; backups that earlier
+    versions left beside files (C(<file>.xen2kvm)) are moved there. Every change is logged in the
+    guest's C(/var/log/xen2kvm-fixup.log). A second run reports no change.
+  - Every package the run installs (C(grub-pc), C(qemu-guest-agent)) is downloaded before the first
+    change, from the guest's sources, O(apt_mirror) or O(package_dir); when a required one cannot be
+    had the run fails with the guest unchanged.
+  - Mounts and loop devices are always released, on success, error and SIGTERM. Temporary changes in
+    the guest (C(policy-rc.d), C(resolv.conf), apt's files) are kept in a journal
+    (C(/var/lib/xen2kvm/journal.json)); after a run killed with SIGKILL the next run puts them back,
+    releases the mounts and loop devices the killed run left on this host, finishes an interrupted
+    dpkg, or fails naming the commands that release what it could not.
 author:
   - xen2kvm developers (@xen2kvm)
 options:
@@ -64,13 +74,26 @@ options:
     description: HTTP proxy for apt inside the guest (for example C(http://proxy:3128)).
     type: str
   apt_mirror:
-    description: A Debian mirror URL to use in addition to the guest's sources while fixing it.
+    description:
+      - A Debian mirror URL to use instead of the guest's sources while fixing it (C(deb URL CODENAME main)
+        through a sources list of its own; the guest's sources.list is neither used nor changed).
+      - The codename comes from C(VERSION_CODENAME), else from C(VERSION) or C(/etc/debian_version)
+        (Debian 8). For an archive mirror (for example C(http://archive.debian.org/debian)) the expired
+        Release files are accepted (C(Acquire::Check-Valid-Until=false)).
     type: str
+  package_dir:
+    description:
+      - A directory on this host holding the C(.deb) files to install (C(grub-pc), C(qemu-guest-agent) and what
+        they depend on that the guest lacks), for KVM hosts without network. They are copied into the guest as
+        a local repository for the run and removed afterwards; apt does not use the network then.
+      - When a required package or one of its dependencies is missing the run fails before any change,
+        naming it. A missing C(qemu-guest-agent) is scheduled for the first boot instead.
+    type: path
   resolv_conf:
     description:
       - Name resolution for apt inside the guest. C(host) uses this host's C(/etc/resolv.conf)
         while apt runs (the guest's file comes back afterwards), C(guest) keeps the guest's, or
-        give the path of a file to use.
+        give the path of a file to use. Not used with O(package_dir).
     type: str
     default: host
 attributes:
@@ -103,6 +126,11 @@ EXAMPLES = r"""
     fixups:
       guest_agent: false
     apt_proxy: http://proxy.example.com:3128
+
+- name: On a KVM host without network, with the packages brought along
+  xen2kvm.migration.guest_fixup:
+    disks: [/var/lib/libvirt/images/TestVM01-disk0.raw]
+    package_dir: /srv/xen2kvm/debs/bookworm
 """
 
 RETURN = r"""
@@ -121,7 +149,8 @@ changes:
       type: str
       sample: console
     action:
-      description: C(edit), C(create), C(remove), C(symlink), C(run) or C(repartition).
+      description: C(edit), C(create), C(remove), C(symlink), C(run), C(repartition), C(move) (an old backup
+        moved out of a configuration directory) or C(restore) (a file put back).
       type: str
     path:
       description: The guest file, or the command that was run.
@@ -136,6 +165,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import FIXUPS, FixupError, fix_guest
 from ansible_collections.xen2kvm.migration.plugins.module_utils._module_result import exit_with_diff
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.packages import PackageError
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import GuestError
 
 
@@ -156,6 +186,7 @@ def main():
             network=dict(type="str", choices=["keep", "dhcp"], default="keep"),
             apt_proxy=dict(type="str"),
             apt_mirror=dict(type="str"),
+            package_dir=dict(type="path"),
             resolv_conf=dict(type="str", default="host"),
         ),
         supports_check_mode=True,
@@ -165,8 +196,8 @@ def main():
         result = fix_guest(params["disks"], spec=params["spec"], enabled=enabled_fixups(module),
                            network=params["network"], apt_proxy=params["apt_proxy"],
                            apt_mirror=params["apt_mirror"], resolv_conf=params["resolv_conf"],
-                           check_mode=module.check_mode)
-    except (FixupError, GuestError) as exc:
+                           package_dir=params["package_dir"], check_mode=module.check_mode)
+    except (FixupError, GuestError, PackageError) as exc:
         module.fail_json(msg=str(exc))
     exit_with_diff(module, result)
 

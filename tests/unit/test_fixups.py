@@ -15,6 +15,8 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import f
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import initramfs
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import network
 from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest import edit
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest import inspect
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.edit import GUEST_LOG, GuestEditor
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import read_partition_table
 
@@ -71,13 +73,15 @@ def test_devices_fixup_edits_with_backup_and_log(tmp_path):
     guest = tree(tmp_path, {"/etc/fstab": FSTAB, "/etc/initramfs-tools/conf.d/resume": "RESUME=/dev/xvda2\n"})
     guest.fixup = "devices"
     devices.apply(guest, devices.DeviceMap(["xvda", "xvdb"]))
-    assert (tmp_path / "etc/fstab.xen2kvm").read_text() == FSTAB
+    assert (tmp_path / "var/backups/xen2kvm/etc/fstab").read_text() == FSTAB
+    assert not (tmp_path / "etc/fstab.xen2kvm").exists()
+    assert os.listdir(str(tmp_path / "etc/initramfs-tools/conf.d")) == ["resume"]
     assert "/dev/vda1" in (tmp_path / "etc/fstab").read_text()
     assert [c["path"] for c in guest.changes] == ["/etc/fstab", "/etc/initramfs-tools/conf.d/resume"]
     assert "[devices] edited /etc/fstab" in (tmp_path / GUEST_LOG.lstrip("/")).read_text()
     again = GuestEditor(str(tmp_path))
     devices.apply(again, devices.DeviceMap(["xvda", "xvdb"]))
-    assert again.changes == [] and (tmp_path / "etc/fstab.xen2kvm").read_text() == FSTAB
+    assert again.changes == [] and (tmp_path / "var/backups/xen2kvm/etc/fstab").read_text() == FSTAB
 
 
 def test_check_mode_records_without_writing(tmp_path):
@@ -85,7 +89,7 @@ def test_check_mode_records_without_writing(tmp_path):
     guest.check_mode = True
     devices.apply(guest, devices.DeviceMap(["xvda"]))
     assert guest.changes and guest.diffs[0]["before"] == FSTAB and "/dev/vda1" in guest.diffs[0]["after"]
-    assert (tmp_path / "etc/fstab").read_text() == FSTAB and not (tmp_path / "etc/fstab.xen2kvm").exists()
+    assert (tmp_path / "etc/fstab").read_text() == FSTAB and not (tmp_path / "var/backups").exists()
 
 
 def test_kernel_args_get_serial_console():
@@ -160,7 +164,8 @@ def test_network_fixup_keeps_static_and_drops_persistent_rules(tmp_path):
     facts = {"network": {"persistent_net_rules": rules,
                          "ifupdown": {"files": ["/etc/network/interfaces"]}}}
     network.apply(guest, facts)
-    assert not (tmp_path / rules.lstrip("/")).exists() and (tmp_path / (rules.lstrip("/") + ".xen2kvm")).exists()
+    assert not (tmp_path / rules.lstrip("/")).exists() and (tmp_path / "var/backups/xen2kvm" / rules.lstrip("/")).exists()
+    assert os.listdir(str(tmp_path / "etc/udev/rules.d")) == []
     assert "inet static" in (tmp_path / "etc/network/interfaces").read_text()
 
 
@@ -361,3 +366,42 @@ def test_first_boot_updates_package_lists_before_installing():
         "grub-install /dev/vda", "apt-get update", "apt-get install -y qemu-guest-agent", "apt-get install -y other"]
     assert firstboot.with_fresh_package_lists(["apt-get update", "apt-get install -y x"]) == \
         ["apt-get update", "apt-get install -y x"]
+
+
+def test_backups_never_sit_in_directories_read_as_a_whole(tmp_path):
+    """Issue 7 item 10: conf.d/resume.xen2kvm kept RESUME=/dev/xvda2 alive; interfaces.d/*.xen2kvm
+    was sourced by ifupdown and backed up again on every run."""
+    stanza = "auto enX0\niface enX0 inet static\n  address 192.0.2.9/24\n"
+    guest = tree(tmp_path, {
+        "/etc/network/interfaces": "auto lo\niface lo inet loopback\nsource /etc/network/interfaces.d/*\n",
+        "/etc/network/interfaces.d/eth0": stanza,
+        "/etc/initramfs-tools/conf.d/resume": "RESUME=/dev/xvda2\n",
+        # what an earlier version left beside the files
+        "/etc/network/interfaces.d/eth0.xen2kvm": stanza,
+        "/etc/initramfs-tools/conf.d/resume.xen2kvm": "RESUME=/dev/xvda2\n",
+    })
+    mapping = devices.DeviceMap(["xvda"], uuids={"/dev/vda2": "5a5a-swap"})
+    for run in range(2):
+        guest = GuestEditor(str(tmp_path))
+        devices.apply(guest, mapping)
+        network.apply(guest, {"network": inspect.detect_network(str(tmp_path))})
+        if run == 1:
+            assert guest.changes == []  # nothing piles up
+    assert os.listdir(str(tmp_path / "etc/network/interfaces.d")) == ["eth0"]
+    assert os.listdir(str(tmp_path / "etc/initramfs-tools/conf.d")) == ["resume"]
+    assert (tmp_path / "etc/initramfs-tools/conf.d/resume").read_text() == "RESUME=UUID=5a5a-swap\n"
+    backups = tmp_path / "var/backups/xen2kvm/etc"
+    assert (backups / "network/interfaces.d/eth0").read_text() == stanza
+    assert (backups / "initramfs-tools/conf.d/resume").read_text() == "RESUME=/dev/xvda2\n"
+    assert "iface eth0 inet static" in (tmp_path / "etc/network/interfaces.d/eth0").read_text()
+    everything = [os.path.join(d, f) for d, _dirs, files in os.walk(str(tmp_path / "etc")) for f in files]
+    assert not [path for path in everything if "xen2kvm" in path]
+
+
+def test_backup_comes_back_and_temp_files_are_hidden(tmp_path):
+    guest = tree(tmp_path, {"/boot/grub/grub.cfg": "pygrub menu\n"})
+    assert os.path.basename(edit.temp_path("/x/interfaces.d/eth0")) == ".eth0.xen2kvm-tmp"
+    guest.remove("/boot/grub/grub.cfg", "test")
+    assert guest.restore_backup("/boot/grub/grub.cfg", "test")
+    assert (tmp_path / "boot/grub/grub.cfg").read_text() == "pygrub menu\n"
+    assert os.listdir(str(tmp_path / "boot/grub")) == ["grub.cfg"]

@@ -198,12 +198,19 @@ def apply(guest, facts, mount, mapping, apt, ifnames0=False):
     """Fixup entry point (BIOS guests)."""
     bootloader = facts["bootloader"]
     if not bootloader.get("grub2_installed"):
+        # Nothing is removed before grub-pc is at hand (the run fetched it before its first
+        # change; this is a no-op then).
+        apt.fetch_first(["grub-pc"])
         # With the pygrub menu in place grub-pc's postinst would run update-grub before we can
-        # help it; the menu is kept as grub.cfg.xen2kvm.
+        # help it; the menu is kept under /var/backups/xen2kvm and comes back if the install fails.
         guest.remove(GRUB_CFG, "replaced by a grub-mkconfig menu")
-        guest.run(["debconf-set-selections"], "grub-pc: no install device while in a chroot",
-                  input=GRUB_PC_PRESEED)
-        apt.install(["grub-pc"], "PV guests have no boot loader of their own")
+        try:
+            guest.run(["debconf-set-selections"], "grub-pc: no install device while in a chroot",
+                      input=GRUB_PC_PRESEED)
+            apt.install(["grub-pc"], "PV guests have no boot loader of their own")
+        except BaseException:
+            guest.restore_backup(GRUB_CFG, "grub-pc could not be installed: the pygrub menu is back")
+            raise
     default_grub = guest.read("/etc/default/grub")
     if default_grub is not None or not guest.check_mode:
         guest.write("/etc/default/grub",

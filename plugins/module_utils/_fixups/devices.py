@@ -106,6 +106,8 @@ def rename_in_words(text, mapping):
 
 def apply(guest, mapping):
     """Fixup entry point: fstab (swap included), crypttab, the initramfs resume setting."""
+    # An earlier version's conf.d/resume.xen2kvm would keep RESUME=/dev/xvdX alive.
+    guest.relocate_legacy_backups()
     edits = (("/etc/fstab", fix_fstab, "Xen disk names -> virtio names"),
              ("/etc/crypttab", fix_crypttab, "Xen disk names -> virtio names"),
              ("/etc/initramfs-tools/conf.d/resume", fix_resume_conf, "resume device on virtio"),

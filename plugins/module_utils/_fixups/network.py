@@ -56,9 +56,14 @@ def networkd_to_dhcp(text):
 def apply(guest, facts, network="keep"):
     """Fixup entry point."""
     net = facts["network"]
+    # interfaces.d/*.xen2kvm left by an earlier version is sourced as configuration: move it away
+    # and never edit it (each run used to back up the backup).
+    legacy = set(guest.relocate_legacy_backups())
     if net.get("persistent_net_rules"):
         guest.remove(PERSISTENT_NET_RULES, "names tied to the Xen NIC; virtio NICs get eth0.. via net.ifnames=0")
     for path in net["ifupdown"]["files"]:
+        if path in legacy:
+            continue
         text = guest.read(path)
         if text is None:
             continue

@@ -3,10 +3,16 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Changing files inside a guest, with the record every fixup leaves.
 
-Every edit goes through GuestEditor: it keeps a backup of the original (``<file>.xen2kvm``, the
-first time only, so a second run does not back up our own result), writes through a temporary
-file and a rename, records a diff for Ansible's diff mode, appends a line to the guest's own log
-(/var/log/xen2kvm-fixup.log), and in check mode only records what it would do.
+Every edit goes through GuestEditor: it keeps a backup of the original under
+/var/backups/xen2kvm/ (the guest path below it, the first time only, so a second run does not
+back up our own result), writes through a hidden temporary file and a rename, records a diff for
+Ansible's diff mode, appends a line to the guest's own log (/var/log/xen2kvm-fixup.log), and in
+check mode only records what it would do.
+
+Why backups never sit beside the file: many directories are read as a whole
+(``initramfs-tools/conf.d/*``, ``network/interfaces.d/*``, ``grub.d``, ``modprobe.d``), so a
+``resume.xen2kvm`` beside ``resume`` kept the Xen-era ``RESUME=/dev/xvda2`` alive.  Backups that
+earlier versions left there (``<file>.xen2kvm``) are moved into the backup tree.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -19,8 +25,23 @@ import time
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import resolve_guest_path
 
-BACKUP_SUFFIX = ".xen2kvm"
+BACKUP_DIR = "/var/backups/xen2kvm"
+LEGACY_BACKUP_SUFFIX = ".xen2kvm"  # beside the file: what earlier versions did
+TEMP_SUFFIX = ".xen2kvm-tmp"
 GUEST_LOG = "/var/log/xen2kvm-fixup.log"
+# Where earlier versions' backups beside the file could be read as configuration.
+LEGACY_BACKUP_TREES = ("/etc",)
+
+
+def backup_path(path):
+    """The guest path of the backup of guest file ``path``."""
+    return BACKUP_DIR + "/" + path.lstrip("/")
+
+
+def temp_path(host):
+    """A hidden sibling: ``dir/*`` globs (ifupdown's ``source``, initramfs-tools' conf.d) skip it."""
+    directory, name = os.path.split(host)
+    return os.path.join(directory, "." + name + TEMP_SUFFIX)
 
 
 class GuestEditor:
@@ -57,6 +78,10 @@ class GuestEditor:
         self.warnings.append(message)
 
     # -- changing
+    def record(self, action, path, why):
+        """Note a change made outside the editing methods (a repair, a package step)."""
+        self._record(action, path, why)
+
     def _record(self, action, path, why):
         self.changes.append({"fixup": self.fixup, "action": action, "path": path, "why": why})
 
@@ -73,7 +98,7 @@ class GuestEditor:
         os.makedirs(os.path.dirname(host), exist_ok=True)
         if old is not None:
             self._backup(path, host)
-        tmp = host + ".xen2kvm-tmp"
+        tmp = temp_path(host)
         with open(tmp, "wb") as handle:
             handle.write(text.encode("utf-8", "surrogateescape"))
         if mode is not None:
@@ -141,9 +166,57 @@ class GuestEditor:
         return any(change["path"] in paths for change in self.changes if change["action"] != "run")
 
     def _backup(self, path, host):
-        backup = host + BACKUP_SUFFIX
+        backup = self.host_path(backup_path(path), follow_last=False)
         if not os.path.lexists(backup):
+            os.makedirs(os.path.dirname(backup), mode=0o700, exist_ok=True)
             shutil.copy2(host, backup, follow_symlinks=False)
+
+    def restore_backup(self, path, why):
+        """Put the backed-up original of ``path`` back (after a step that could not finish);
+        True when there was one."""
+        backup = self.host_path(backup_path(path), follow_last=False)
+        if self.check_mode or not os.path.isfile(backup):
+            return False
+        host = self.host_path(path, follow_last=False)
+        tmp = temp_path(host)
+        shutil.copy2(backup, tmp)
+        os.rename(tmp, host)
+        self._record("restore", path, why)
+        self._log("restored %s: %s" % (path, why))
+        return True
+
+    def relocate_legacy_backups(self):
+        """Move ``<file>.xen2kvm`` backups left beside files by earlier versions into the
+        backup tree, where no directory-reading program sees them."""
+        moved = []
+        for tree in LEGACY_BACKUP_TREES:
+            top = self.host_path(tree)
+            for directory, dirnames, filenames in os.walk(top):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    if name.endswith(LEGACY_BACKUP_SUFFIX) and name != LEGACY_BACKUP_SUFFIX:
+                        guest_dir = tree + directory[len(top):]
+                        moved.append(self._relocate(guest_dir + "/" + name))
+        return [path for path in moved if path]
+
+    def _relocate(self, legacy):
+        original = legacy[:-len(LEGACY_BACKUP_SUFFIX)]
+        host = self.host_path(legacy, follow_last=False)
+        if os.path.islink(host) or not os.path.isfile(host):
+            return None
+        self._record("move", legacy, "an old backup beside the file is read as configuration; now under %s"
+                     % BACKUP_DIR)
+        if self.check_mode:
+            return legacy
+        target = self.host_path(backup_path(original), follow_last=False)
+        if os.path.lexists(target):
+            # The store already holds the original: keep this one too, under its own name.
+            target = self.host_path(backup_path(legacy), follow_last=False)
+        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        shutil.copy2(host, target)
+        os.unlink(host)
+        self._log("moved %s to %s" % (legacy, target[len(self.root.rstrip("/")):]))
+        return legacy
 
     def _log(self, line):
         host = self.host_path(GUEST_LOG)

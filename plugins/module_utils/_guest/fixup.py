@@ -28,7 +28,7 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names impo
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.edit import GuestEditor
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import inspect_guest
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.packages import GuestApt
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.packages import GuestApt, packages_needed
 from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import describe_users, processes_using
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.progress import write_json_atomically
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import QCOW_MAGIC, GuestError
@@ -79,12 +79,13 @@ def volume_uuids(mount, names, repartitioned):
 
 class GuestFixup:
     def __init__(self, disks, spec=None, enabled=None, network="keep", apt_proxy=None, apt_mirror=None,
-                 resolv_conf="host", check_mode=False):
+                 resolv_conf="host", check_mode=False, package_dir=None):
         self.disks = [os.path.abspath(d) for d in disks]
         self.spec = spec or {}
         self.enabled = set(FIXUPS if enabled is None else enabled)
         self.network = network
-        self.apt_options = {"apt_proxy": apt_proxy, "apt_mirror": apt_mirror, "resolv_conf": resolv_conf}
+        self.apt_options = {"apt_proxy": apt_proxy, "apt_mirror": apt_mirror, "resolv_conf": resolv_conf,
+                            "package_dir": package_dir}
         self.check_mode = check_mode
         self.firmware = self.spec.get("firmware", "bios")
 
@@ -135,7 +136,7 @@ class GuestFixup:
             facts = inspect_guest(mount.root, disk=self.disks[0])
             facts["root_partition"] = mount.root_partition
         refuse_unsupported(facts)
-        changes, warnings = [], []
+        changes, warnings = [], list(mount.released)
         repartitioned = self._bare_fs(changes)
         names = xen_disk_names(self.spec, len(self.disks))
         with GuestMount(self.disks, readonly=self.check_mode) as mount:
@@ -144,6 +145,7 @@ class GuestFixup:
             editor = GuestEditor(mount.root, self.check_mode, run=mount.run_in_chroot)
             editor.changes.extend(changes)
             with GuestApt(editor, mount.run_in_chroot, **self.apt_options) as apt:
+                apt.fetch_first(*packages_needed(facts, self.enabled, self.firmware))  # before any change
                 self._apply_all(editor, facts, mount, mapping, apt)
         warnings.extend(editor.warnings)
         return {"changed": bool(editor.changes), "changes": editor.changes, "diff": editor.diffs,

@@ -32,6 +32,8 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect i
     resolve_guest_path,
 )
 from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import processes_using
+from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.leftovers import RunRecord, release_killed_runs
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import (
     LoopDevice,
     attach,
@@ -152,6 +154,12 @@ def _refuse_busy_block_device(path):
                          % (path, ", ".join(sorted(os.path.basename(h) for h in holders))))
 
 
+def _disk_part_of(name):
+    """"xvda" for "xvda1": partitions of a disk Xen gave as a partition are named after the disk."""
+    match = DEVICE_NAME_RE.match(name)
+    return match.group(1) + match.group(2) if match else name
+
+
 def _processes_rooted_in(root):
     """Pids whose root directory is ``root`` (left over from run_in_chroot)."""
     pids = []
@@ -202,8 +210,11 @@ class GuestMount:
     """Context manager mounting a guest's disks; see the module docstring.
 
     ``disks``: raw images (or block devices) in guest order. ``devices``: the guest's names
-    for them (default xvda, xvdb, ...); only their letters matter when reading fstab, so
-    /dev/sda1 and /dev/xvda1 both mean partition 1 of the first disk. ``root``: the guest
+    for them (default xvda, xvdb, ...; guest_fixup passes the spec's Xen device names); only
+    their letters matter when reading fstab, so /dev/sda1 and /dev/xvda1 both mean partition 1
+    of the disk called xvda. A partition-style name (xvda1: a bare filesystem Xen gave as a
+    partition) names that filesystem, and partition 1 once the disk has a table.  ``/dev/vdX``
+    names are read as KVM sees the disks: the i-th disk is vd<letters(i)>.  ``root``: the guest
     device holding / (e.g. "xvda2") when it cannot be found by looking (multi-boot).
     """
 
@@ -234,6 +245,8 @@ class GuestMount:
         self._loops = []  # every LoopDevice we attached, in attach order
         self._mounts = []  # dicts, in mount order
         self._tmpdir = None
+        self._record = None  # leftovers.RunRecord: lets a later run release what a SIGKILL left
+        self.released = []  # what a killed earlier run left and this one released
         self._previous_handlers = {}
         self._cleaning = False
         self._pending_signal = None
@@ -363,6 +376,7 @@ class GuestMount:
 
     def _preflight(self):
         """Refuse disks we must not touch, before changing anything."""
+        self.released = release_killed_runs([self.mount_base] if self.mount_base else MOUNT_BASES, self.disks)
         seen = set()
         for disk in self.disks:
             if not os.path.exists(disk):
@@ -398,6 +412,7 @@ class GuestMount:
         self._active = True
         self._active_setup = True
         self._tmpdir = self._make_tmpdir()
+        self._record = RunRecord(self._tmpdir, self.disks)
         self.root = self._tmpdir
         self._collect_volumes()
         self._attach_loops()
@@ -434,10 +449,11 @@ class GuestMount:
                         "%s: partition %d ends at byte %d, beyond the image end (%d): the "
                         "image is truncated" % (disk, part.number, part.end, layout.size))
                 fs = probe_filesystem(disk, part.start)
-                self.volumes.append(_Volume(index, "%s%d" % (name, part.number), part.number,
+                self.volumes.append(_Volume(index, "%s%d" % (_disk_part_of(name), part.number), part.number,
                                             part.start, part.size, part, fs))
 
     def _attach(self, disk, offset, size, label):
+        self._record.attaching(disk, offset)
         loop = attach(disk, offset=offset, sizelimit=size, read_only=self.readonly)
         loop.volume_name = label
         self._loops.append(loop)
@@ -497,8 +513,9 @@ class GuestMount:
             raise GuestError("no root filesystem (one with /etc/fstab and /etc/os-release) "
                              "found on %s (%s)%s" % (", ".join(self.disks), found,
                                                      "".join("; " + h for h in hints)))
-        raise GuestError("several root filesystems found (%s): pass root= to choose one"
-                         % ", ".join(v.name for v in roots))
+        raise GuestError("several root filesystems found (%s): choose one with the root option "
+                         "(for example root: %s)"
+                         % (", ".join(v.name for v in roots), roots[-1].name))
 
     # ----------------------------------------------------------------- mounting
 
@@ -566,8 +583,12 @@ class GuestMount:
         if not match:
             return None, "not a block device on these disks"
         letters, number = match.group(2), match.group(3)
+        kvm_name = match.group(1) == "vd" and not any(n.lstrip("/dev/").startswith("vd") for n in self.devices)
         for index, name in enumerate(self.devices):
             dev = DEVICE_NAME_RE.match(name)
+            if kvm_name and dev:
+                # After the move the guest names its disks in KVM order: vda, vdb, ...
+                dev = DEVICE_NAME_RE.match("vd" + disk_letters(index))
             if not dev or dev.group(2) != letters:
                 continue
             layout = self.layouts[index]
@@ -778,6 +799,8 @@ class GuestMount:
                         # would delete the guest's files.
                         os.rmdir(self._tmpdir)
                         self._tmpdir = None
+                        if self._record is not None:
+                            self._record.remove()
                 except OSError as exc:
                     errors.append("cannot remove %s: %s" % (self._tmpdir, exc))
         finally:

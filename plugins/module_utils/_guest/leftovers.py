@@ -1,0 +1,189 @@
+# -*- coding: utf-8 -*-
+# Copyright: xen2kvm developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What a GuestMount killed with SIGKILL leaves on the host, and releasing it on the next run.
+
+``finally`` and signal handlers cover everything but SIGKILL (an OOM kill, a lost Ansible
+connection's ``kill -9``).  Then loop devices stay attached to the images, the guest's
+filesystems stay mounted under /run/xen2kvm/guest-*, and programs started in the chroot
+(dpkg, apt) keep running there.  So each GuestMount keeps a small record beside its temporary
+directory (``guest-XXXX.json``): its pid and start time, the disks, and every (image, offset)
+*before* it is attached to a loop device.  A later GuestMount of any of those disks whose
+owner is gone releases all of it first, or fails naming the exact commands.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import glob
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import attached_loops, detach
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import GuestError
+
+
+def _start_time(pid):
+    """The process's start time in clock ticks (field 22 of /proc/PID/stat), None if gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _write(path, record):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(record, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.rename(tmp, path)
+
+
+class RunRecord:
+    """The record one GuestMount keeps while it holds mounts and loop devices."""
+
+    def __init__(self, tmpdir, disks):
+        self.path = tmpdir + ".json"
+        self.record = {"pid": os.getpid(), "start": _start_time(os.getpid()), "tmpdir": tmpdir,
+                       "disks": list(disks), "loops": []}
+        _write(self.path, self.record)
+
+    def attaching(self, backing_file, offset):
+        """Called *before* the loop device is attached: a kill right after still finds it."""
+        self.record["loops"].append({"backing_file": backing_file, "offset": offset})
+        _write(self.path, self.record)
+
+    def remove(self):
+        if os.path.lexists(self.path):
+            os.unlink(self.path)
+
+
+def _mount_points_under(tmpdir):
+    points = []
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            fields = line.split()
+            if len(fields) > 4:
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                if point == tmpdir or point.startswith(tmpdir + "/"):
+                    points.append(point)
+    return points
+
+
+def _processes_rooted_in(tmpdir):
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink("/proc/%s/root" % entry) == tmpdir:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def _kill(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 5
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if os.path.exists("/proc/%d" % pid)]
+        time.sleep(0.05)
+    return pids
+
+
+def _umount(point):
+    for argv in (["umount", point], ["umount", "--lazy", point]):
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              check=False)
+        if proc.returncode == 0:
+            return None
+    return proc.stderr.strip()
+
+
+def _ours(status, loops):
+    return any(status["offset"] == loop["offset"] and os.path.realpath(status["backing_file"])
+               == os.path.realpath(loop["backing_file"]) for loop in loops)
+
+
+def release(record):
+    """Release what a dead run's ``record`` left: (what was released, what could not be, advice)."""
+    tmpdir = record["tmpdir"]
+    released, failed, advice = [], [], []
+    survivors = _kill(_processes_rooted_in(tmpdir))
+    if survivors:
+        failed.append("processes %s still run in its chroot" % ", ".join(map(str, survivors)))
+        advice.append("kill -9 %s" % " ".join(map(str, survivors)))
+    for point in reversed(_mount_points_under(tmpdir)):
+        error = _umount(point)
+        if error:
+            failed.append("%s stays mounted (%s)" % (point, error))
+            advice.append("umount --lazy %s" % shlex.quote(point))
+        else:
+            released.append("unmounted " + point)
+    for status in attached_loops():
+        if not _ours(status, record.get("loops", [])):
+            continue
+        try:
+            done = detach(status["device"], expect_backing=status["backing_file"], expect_offset=status["offset"])
+        except GuestError as exc:
+            done = False
+            failed.append(str(exc))
+        if done:
+            released.append("detached %s" % status["device"])
+        else:
+            failed.append("%s stays attached" % status["device"])
+            advice.append("losetup -d %s" % status["device"])
+    if not failed and os.path.isdir(tmpdir) and not _mount_points_under(tmpdir):
+        try:
+            os.rmdir(tmpdir)  # never rmtree: it may hold a still mounted guest
+        except OSError as exc:
+            failed.append("cannot remove %s: %s" % (tmpdir, exc.strerror))
+    if not failed:
+        os.unlink(record["path"])
+    else:
+        advice += ["rmdir %s" % shlex.quote(tmpdir), "rm %s" % shlex.quote(record["path"])]
+    return released, failed, advice
+
+
+def _dead_records(bases, disks):
+    wanted = set(os.path.realpath(d) for d in disks)
+    for base in bases:
+        for path in sorted(glob.glob(os.path.join(base, "guest-*.json"))):
+            try:
+                with open(path) as handle:
+                    record = json.load(handle)
+                pid = int(record["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if _start_time(pid) is not None and _start_time(pid) == record.get("start"):
+                continue  # its owner still runs: GuestMount's in-use checks speak for it
+            if wanted & set(os.path.realpath(d) for d in record.get("disks", [])):
+                record["path"] = path
+                yield record
+
+
+def release_killed_runs(bases, disks):
+    """Release what killed runs left on ``disks``; returns notes for the result.  GuestError
+    naming the commands to run when something cannot be released."""
+    notes = []
+    for record in _dead_records(bases, disks):
+        released, failed, advice = release(record)
+        if failed:
+            raise GuestError("an earlier run on %s (pid %s) was killed and left behind what cannot be released "
+                             "now: %s. Release it by hand: %s"
+                             % (", ".join(record["disks"]), record["pid"], "; ".join(failed), "; ".join(advice)))
+        if released:
+            notes.append("released what a killed earlier run (pid %s) left: %s" % (record["pid"], ", ".join(released)))
+    return notes

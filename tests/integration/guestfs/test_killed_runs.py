@@ -1,0 +1,104 @@
+"""Issue 7 item 13 (host side): a GuestMount killed with SIGKILL leaves its mounts, loop devices
+and chroot processes behind; the next GuestMount of the same disk releases them all (needs root)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_guest_mount import BUSYBOX, COLLECTIONS, assert_clean, mbr_image  # noqa: F401 (fixture)
+
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.leftovers import RunRecord, release_killed_runs
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import loops_for_file
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount, host_mount_points
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices and mounts"),
+]
+
+KILLED_CHILD = r"""
+import json, subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount
+with GuestMount([sys.argv[2]]) as guest:
+    sleeper = None
+    if sys.argv[3]:
+        sleeper = subprocess.Popen(["chroot", guest.root, "/bin/sleep", "300"]).pid
+    print(json.dumps({"root": guest.root, "sleeper": sleeper}), flush=True)
+    time.sleep(300)
+"""
+
+
+def rooted_in(root):
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.readlink("/proc/%s/root" % entry) == root:
+                pids.append(int(entry))
+        except OSError:
+            pass
+    return pids
+
+
+def test_next_mount_releases_what_a_killed_run_left(mbr_image):  # noqa: F811
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, COLLECTIONS, mbr_image, BUSYBOX or ""],
+                             stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        info = json.loads(child.stdout.readline())
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    # What SIGKILL leaves: the guest mounted, its loop devices, a process in the chroot.
+    assert os.path.ismount(info["root"]) and loops_for_file(mbr_image)
+    if info["sleeper"]:
+        assert rooted_in(info["root"]) == [info["sleeper"]]
+
+    with GuestMount([mbr_image]) as guest:
+        assert guest.released and "pid %d" % child.pid in guest.released[0]
+        assert guest.mounts  # the image could be mounted again
+        new_root = guest.root
+    assert_clean(mbr_image, info["root"])
+    assert_clean(mbr_image, new_root)
+    assert rooted_in(info["root"]) == []
+    assert not os.path.exists(info["root"] + ".json") and not os.path.exists(new_root + ".json")
+
+
+def test_a_live_run_is_left_alone_and_a_busy_leftover_goes_lazily(tmp_path, mbr_image):  # noqa: F811
+    base = str(tmp_path / "run")
+    os.makedirs(base)
+    # A record of this (live) process: not released.
+    live = RunRecord(os.path.join(base, "guest-live"), [mbr_image])
+    assert release_killed_runs([base], [mbr_image]) == []
+    live.remove()
+    # A dead run whose mount cannot go away (a file system under it that is not ours to unmount
+    # would be the real case; here a bind mount kept busy by our own cwd below it).
+    dead = os.path.join(base, "guest-dead")
+    os.makedirs(dead)
+    record = RunRecord(dead, [mbr_image])
+    record.record.update(pid=2 ** 22 + 1, start=1)  # no such process
+    with open(record.path, "w") as handle:
+        json.dump(record.record, handle)
+    subprocess.run(["mount", "-t", "tmpfs", "x2k-test", dead], check=True)
+    try:
+        subprocess.run(["mount", "--make-private", dead], check=True)
+        os.makedirs(os.path.join(dead, "busy"))
+        holder = subprocess.Popen(["sleep", "300"], cwd=os.path.join(dead, "busy"))
+        time.sleep(0.2)
+        try:
+            notes = release_killed_runs([base], [mbr_image])
+        finally:
+            holder.kill()
+            holder.wait()
+        # a busy tmpfs is unmounted lazily: released, nothing left mounted
+        assert notes and "unmounted %s" % dead in notes[0]
+        assert dead not in host_mount_points() and not os.path.exists(record.path)
+    finally:
+        if dead in host_mount_points():
+            subprocess.run(["umount", "--lazy", dead], check=False)
