@@ -107,6 +107,10 @@ notes:
   - Needs root, loop devices, C(mount) and C(chroot) on the host doing the work.
   - Supports Debian-family guests; others fail with "not supported" before anything is changed.
   - Works on raw images; convert to qcow2 afterwards if wanted.
+requirements:
+  - Python 3.11 on the target host (Debian 12's python3, the version tested)
+  - root on a Linux host with loop devices
+  - mount, umount (Debian util-linux / mount) and chroot (coreutils)
 seealso:
   - module: xen2kvm.migration.xva_convert
   - module: xen2kvm.migration.kvm_domain

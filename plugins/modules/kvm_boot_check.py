@@ -75,6 +75,10 @@ notes:
   - Requires libvirt-python (Debian C(python3-libvirt)) on the target host.
   - The guest agent is only reachable when the domain has the C(org.qemu.guest_agent.0) channel
     and the guest runs qemu-guest-agent.
+requirements:
+  - Python 3.11 on the target host (Debian 12's python3, the version tested)
+  - libvirt-python (Debian python3-libvirt)
+  - a running libvirtd reachable at O(uri) (Debian libvirt-daemon-system)
 seealso:
   - module: xen2kvm.migration.kvm_domain
 """

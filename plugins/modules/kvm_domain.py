@@ -151,6 +151,10 @@ notes:
     uuid) unless another domain already uses it.
   - Changing a running domain changes its stored definition only; RV(restart_needed) tells when it
     needs a restart to take effect.
+requirements:
+  - Python 3.11 on the target host (Debian 12's python3, the version tested)
+  - libvirt-python (Debian python3-libvirt)
+  - a running libvirtd reachable at O(uri) (Debian libvirt-daemon-system)
 seealso:
   - module: xen2kvm.migration.kvm_boot_check
   - module: xen2kvm.migration.xva_convert

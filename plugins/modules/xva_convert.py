@@ -88,6 +88,8 @@ notes:
   - C(qcow2) output needs C(qemu-img) (Debian C(qemu-utils)) and temporary space for the raw image.
   - qcow2 sizes are whole 512-byte sectors; a VDI whose size is not is rounded up with zeros.
 requirements:
+  - Python 3.11 on the target host (Debian 12's python3, the version tested)
+  - qemu-img (Debian qemu-utils) for O(format=qcow2)
   - xxhash (Debian python3-xxhash) to verify C(.xxhash) checksums (XenServer 8.1 / XCP-ng 8.1 and later)
   - zstandard (Debian python3-zstandard) to read zstd-compressed exports
 seealso:

@@ -31,6 +31,9 @@ attributes:
     description: Nothing is changed, so there is no diff.
 notes:
   - Requires C(zstandard) (Debian C(python3-zstandard)) on the target only for zstd-compressed exports.
+requirements:
+  - Python 3.11 on the target host (Debian 12's python3, the version tested)
+  - zstandard (Debian python3-zstandard) to read zstd-compressed exports
 seealso:
   - module: xen2kvm.migration.xva_convert
 """
