@@ -26,7 +26,8 @@ description:
     the guest's grub-mkconfig with C(root=UUID=).
   - C(network) stale persistent-net rules removed, C(net.ifnames=0) so the NIC stays C(eth0),
     C(enX0) names renamed; static addresses kept unless O(network=dhcp).
-  - C(remove_xen_tools) xe-guest-utilities purged; C(guest_agent) qemu-guest-agent installed, or
+  - C(remove_xen_tools) every C(xe-guest-utilities*) package and XCP-ng's C(xen-guest-agent) purged;
+    C(guest_agent) qemu-guest-agent installed, or
     scheduled for the first boot when the guest's mirror is unreachable.
   - C(firstboot) a one-shot job for what only the running guest can do (C(grub-install /dev/vda),
     C(update-grub)); it removes itself. C(cleanup) stale blkid/LVM caches removed.
@@ -56,8 +57,17 @@ options:
   spec:
     description:
       - The VM spec from M(xen2kvm.migration.xva_info) or M(xen2kvm.migration.xva_convert). Gives
-        the Xen device name of each disk (for fstab and C(root=)) and the firmware.
+        the Xen device name of each disk (for fstab and C(root=)) and the firmware; a disk without a
+        C(device) is named by its C(userdevice) (C(0) is C(xvda), C(2) is C(xvdc)). Its C(disks) are in
+        the order of O(disks).
+      - Without it, the names an earlier run recorded in the guest (C(/var/lib/xen2kvm/disks.json)) are
+        used, else C(xvda), C(xvdb), ... with a bare-filesystem disk named as the guest's fstab names it.
     type: dict
+  root:
+    description:
+      - The guest's name for the device holding C(/) (for example C(xvdb) or C(xvda2)), for a guest
+        with a root filesystem on more than one disk; without it the only one found is used.
+    type: str
   fixups:
     description:
       - "Switch single fixups off, for example C({guest_agent: false}). All are on by default."
@@ -93,7 +103,7 @@ options:
     description:
       - Name resolution for apt inside the guest. C(host) uses this host's C(/etc/resolv.conf)
         while apt runs (the guest's file comes back afterwards), C(guest) keeps the guest's, or
-        give the path of a file to use. Not used with O(package_dir).
+        give the path of a file to use.
     type: str
     default: host
 attributes:
@@ -186,6 +196,7 @@ def main():
         argument_spec=dict(
             disks=dict(type="list", elements="path", required=True),
             spec=dict(type="dict"),
+            root=dict(type="str"),
             fixups=dict(type="dict", default={}),
             network=dict(type="str", choices=["keep", "dhcp"], default="keep"),
             apt_proxy=dict(type="str"),
@@ -197,12 +208,14 @@ def main():
     )
     params = module.params
     try:
-        result = fix_guest(params["disks"], spec=params["spec"], enabled=enabled_fixups(module),
+        result = fix_guest(params["disks"], spec=params["spec"], root=params["root"], enabled=enabled_fixups(module),
                            network=params["network"], apt_proxy=params["apt_proxy"],
                            apt_mirror=params["apt_mirror"], resolv_conf=params["resolv_conf"],
                            package_dir=params["package_dir"], check_mode=module.check_mode)
     except (FixupError, GuestError, PackageError) as exc:
         module.fail_json(msg=str(exc))
+    except OSError as exc:  # e.g. a guest filesystem that turned read-only, a full disk
+        module.fail_json(msg="guest_fixup failed: %s" % exc)
     exit_with_diff(module, result)
 
 

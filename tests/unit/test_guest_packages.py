@@ -46,7 +46,7 @@ def snapshot(root):
 
 
 def reader(files):
-    return lambda path: files.get(path)
+    return files.get
 
 
 def test_codename_of_old_and_new_releases():

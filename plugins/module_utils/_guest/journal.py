@@ -76,8 +76,8 @@ class Journal:
 
     def pending(self):
         """What an earlier, killed run left to undo (guest paths)."""
-        return [entry["path"] for entry in self._load()] + [path for path in LEGACY_TEMPORARY
-                                                             if self._legacy_leftover(path)]
+        legacy = [path for path in LEGACY_TEMPORARY if self._legacy_leftover(path)]
+        return [entry["path"] for entry in self._load()] + legacy
 
     # -- making a temporary change
     def replace(self, path, text, mode):

@@ -207,8 +207,8 @@ class GuestApt:
                       if name.endswith(".deb") and os.path.isfile(os.path.join(self.package_dir, name)))
 
     def _resolver_text(self):
-        if self.resolv_conf in (None, "", "guest") or self.package_dir:
-            return None  # a local repository needs no name resolution
+        if self.resolv_conf in (None, "", "guest"):
+            return None
         source = "/etc/resolv.conf" if self.resolv_conf == "host" else self.resolv_conf
         try:
             with open(source) as handle:
@@ -256,16 +256,27 @@ class GuestApt:
         return ["-o", "Acquire::Check-Valid-Until=false"] if on_archive_mirror(uris) else []
 
     def _finish_interrupted_dpkg(self):
-        """A run killed while dpkg worked leaves it interrupted; apt refuses until it is finished."""
-        if not self.guest.listdir("/var/lib/dpkg/updates") and not unfinished_packages(
-                self.guest.read("/var/lib/dpkg/status") or ""):
+        """A run killed while dpkg worked leaves it interrupted; apt refuses until it is finished.
+        Configured what was unpacked, reinstalled what was cut off half-way."""
+        if not self._dpkg_unfinished():
             return
-        result = self.guest.run(["dpkg", "--configure", "-a"], "finish what an interrupted dpkg left",
-                                env=self._env(), check=False)
-        if result is not None and result.returncode != 0:
-            raise PackageError("dpkg in the guest was interrupted and `dpkg --configure -a` failed: %s; "
-                               "repair the guest's packages (chroot into it, run dpkg --configure -a and "
-                               "apt-get -f install) and run again" % (result.stderr or result.stdout)[-1500:])
+        self.guest.run(["dpkg", "--configure", "-a"], "finish what an interrupted dpkg left", env=self._env(),
+                       check=False)
+        broken = unfinished_packages(self.guest.read("/var/lib/dpkg/status") or "")
+        if broken and not self.guest.listdir("/var/lib/dpkg/updates"):
+            self.update()
+            self.guest.run(["apt-get"] + self.apt_options() + ["install", "--reinstall", "--no-install-recommends"]
+                           + broken, "reinstall what an interrupted dpkg left half-installed", env=self._env(),
+                           check=False)
+        if self._dpkg_unfinished():
+            raise PackageError("dpkg in the guest was interrupted and could not be finished (%s); repair the guest's "
+                               "packages (chroot into it, run dpkg --configure -a and apt-get -f install) and run "
+                               "again" % (", ".join(unfinished_packages(self.guest.read("/var/lib/dpkg/status") or ""))
+                                          or "its journal in /var/lib/dpkg/updates"))
+
+    def _dpkg_unfinished(self):
+        return bool(self.guest.listdir("/var/lib/dpkg/updates")
+                    or unfinished_packages(self.guest.read("/var/lib/dpkg/status") or ""))
 
     # -- apt
     def _env(self):

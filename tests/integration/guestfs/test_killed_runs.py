@@ -10,11 +10,14 @@ import time
 
 import pytest
 
-from test_guest_mount import BUSYBOX, COLLECTIONS, assert_clean, mbr_image  # noqa: F401 (fixture)
+import test_guest_mount
+from test_guest_mount import BUSYBOX, COLLECTIONS, assert_clean
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.leftovers import RunRecord, release_killed_runs
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import loops_for_file
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount, host_mount_points
+
+mbr_image = test_guest_mount.mbr_image  # the fixture
 
 pytestmark = [
     pytest.mark.root,
@@ -45,7 +48,7 @@ def rooted_in(root):
     return pids
 
 
-def test_next_mount_releases_what_a_killed_run_left(mbr_image):  # noqa: F811
+def test_next_mount_releases_what_a_killed_run_left(mbr_image):
     child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, COLLECTIONS, mbr_image, BUSYBOX or ""],
                              stdout=subprocess.PIPE, universal_newlines=True)
     try:
@@ -70,7 +73,7 @@ def test_next_mount_releases_what_a_killed_run_left(mbr_image):  # noqa: F811
     assert not os.path.exists(info["root"] + ".json") and not os.path.exists(new_root + ".json")
 
 
-def test_a_live_run_is_left_alone_and_a_busy_leftover_goes_lazily(tmp_path, mbr_image):  # noqa: F811
+def test_a_live_run_is_left_alone_and_a_busy_leftover_goes_lazily(tmp_path, mbr_image):
     base = str(tmp_path / "run")
     os.makedirs(base)
     # A record of this (live) process: not released.

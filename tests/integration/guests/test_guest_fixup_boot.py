@@ -5,6 +5,7 @@ nothing.  Boot times are printed for the issue note (pytest -s)."""
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -47,6 +48,16 @@ def nothing_left_behind(images):
         assert "xen2kvm" not in handle.read()
 
 
+def run_logged_in(vm, command):
+    """Output of ``command`` in the shell login_and_run left open, read between two markers that only
+    the shell's output spells out (the echo of a long line may be wrapped by the terminal)."""
+    vm.send("echo X2K$((1+1))BEGIN; %s; echo X2K$((40+2))END\n" % command)
+    end = vm.expect(rb"X2K42END")
+    begin = vm.transcript.rindex(b"X2K2BEGIN", 0, end.start())
+    text = vm.transcript[begin + len(b"X2K2BEGIN"):end.start()].decode("utf-8", "replace").replace("\r", "")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).strip()
+
+
 @pytest.mark.parametrize("variant", guest_factory.VARIANTS)
 def test_variant_boots_on_kvm_after_fixup(variant, tmp_path):
     guest = build_or_skip(variant, tmp_path / "build")
@@ -66,8 +77,14 @@ def test_variant_boots_on_kvm_after_fixup(variant, tmp_path):
     with QemuGuest(images, memory_mib=converted["spec"]["memory_mib"]) as vm:
         seconds = vm.wait_for_login()
         root_source = vm.login_and_run("root", guest.root_password, "findmnt -n -o SOURCE /").strip()
+        failed_units = run_logged_in(vm, "systemctl --failed --no-legend --plain") if guest.init == "systemd" else ""
+        console = vm.transcript.decode("utf-8", "replace")
     print("\n%s: login: on ttyS0 after %.1f s (TCG); root on %s" % (variant, seconds, root_source))
     assert root_source.startswith("/dev/vda"), "root is on %r, not a virtio disk" % root_source
+    # Issue 7 item 10: no Xen-era leftover (a backup in conf.d kept RESUME=/dev/xvda2) slows or breaks the boot.
+    assert "Gave up waiting" not in console, console[-3000:]
+    assert "[FAILED]" not in console, console[-3000:]
+    assert failed_units == "", failed_units
 
     again = ansible_run.run_module("guest_fixup", args)
     assert again["changed"] is False, json.dumps(again["changes"], indent=1)
