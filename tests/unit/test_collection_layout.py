@@ -4,6 +4,7 @@ These run in a second and catch, before the slower ``ansible-test sanity``, what
 collection unbuildable or a module undocumented.
 """
 import ast
+import json
 import os
 import re
 import stat
@@ -60,9 +61,8 @@ def test_galaxy_identity(galaxy):
 
 
 def test_galaxy_required_fields(galaxy):
-    for key in ("version", "readme", "authors", "description", "repository"):
+    for key in ("version", "readme", "authors", "description"):
         assert galaxy.get(key), f"galaxy.yml: {key} is missing or empty"
-    assert galaxy.get("license") or galaxy.get("license_file"), "galaxy.yml needs license or license_file"
     assert isinstance(galaxy["authors"], list) and all(isinstance(a, str) for a in galaxy["authors"])
     assert SEMVER_RE.match(str(galaxy["version"])), f"version {galaxy['version']!r} is not semantic versioning"
     assert (REPO / galaxy["readme"]).is_file(), f"readme {galaxy['readme']!r} does not exist"
@@ -76,31 +76,111 @@ def test_galaxy_tags(galaxy):
         assert re.match(r"^[a-z0-9_]+$", str(tag)), f"tag {tag!r}: Galaxy tags are lowercase letters, digits and _"
 
 
-def test_galaxy_build_ignores_local_state(galaxy):
-    ignored = set(galaxy.get("build_ignore") or [])
-    for entry in (".venv", "build", "tests/output"):
-        assert entry in ignored, f"galaxy.yml build_ignore should list {entry!r}"
+def test_galaxy_license_is_the_gpl3_text(galaxy):
+    assert galaxy.get("license_file") == "COPYING" and not galaxy.get("license"), \
+        "galaxy.yml: license_file: COPYING (mutually exclusive with license)"
+    text = (REPO / "COPYING").read_text(encoding="utf-8")
+    debian_copy = Path("/usr/share/common-licenses/GPL-3")
+    if debian_copy.is_file():
+        assert text == debian_copy.read_text(encoding="utf-8"), "COPYING is not the verbatim GPL-3.0 text"
+    assert text.split()[:7] == ["GNU", "GENERAL", "PUBLIC", "LICENSE", "Version", "3,", "29"]
+    assert "END OF TERMS AND CONDITIONS" in text
 
 
-def test_collection_builds(tmp_path):
-    """ansible-galaxy's own validation of galaxy.yml, and no local state in the artifact."""
+# Reserved for documentation and tests (RFC 2606, RFC 6761): an address there reaches nobody.
+PLACEHOLDER_HOST_RE = re.compile(
+    r"^(?:.*\.)?(?:example\.(?:com|net|org)|[^.]+\.(?:invalid|example|test|localhost)|invalid|example|localhost)$")
+URL_RE = re.compile(r"https?://([^/\s\"'`<>)\]]+)")
+# The namespace name of the domain metadata that kvm_domain writes: an identifier compared
+# byte for byte, never fetched; changing it would orphan the domains already defined.
+METADATA_NAMESPACE = "https://xen2kvm.example/migration/1"
+
+
+def _shipped_text_files():
+    """The files users read: collection metadata, README, docs, roles, changelog config."""
+    yield from (REPO / name for name in ("galaxy.yml", "README.md", "CHANGELOG.md") if (REPO / name).is_file())
+    for folder in ("docs", "meta", "roles", "changelogs"):
+        yield from sorted(p for p in (REPO / folder).rglob("*") if p.is_file() and p.suffix in (".md", ".yml", ".yaml"))
+
+
+def test_no_placeholder_urls(galaxy):
+    for key in ("repository", "documentation", "homepage", "issues"):
+        if galaxy.get(key):
+            host = URL_RE.match(galaxy[key])
+            assert host and not PLACEHOLDER_HOST_RE.match(host.group(1).split(":")[0].lower()), \
+                f"galaxy.yml {key}: {galaxy[key]!r} is a placeholder"
+    found = []
+    for path in _shipped_text_files():
+        text = path.read_text(encoding="utf-8").replace(METADATA_NAMESPACE, "")
+        for match in URL_RE.finditer(text):
+            if PLACEHOLDER_HOST_RE.match(match.group(1).split(":")[0].lower()):
+                found.append(f"{path.relative_to(REPO)}: {match.group(0)}")
+    assert not found, f"placeholder URLs: {found}"
+
+
+def test_placeholder_pattern_catches_placeholders():
+    for host in ("example.invalid", "example.com", "www.example.org", "xen2kvm.example", "host.test", "localhost"):
+        assert PLACEHOLDER_HOST_RE.match(host), host
+    for host in ("github.com", "docs.ansible.com", "xenhost", "archive.debian.org"):
+        assert not PLACEHOLDER_HOST_RE.match(host), host
+
+
+# Local state and developer tooling that must never reach the artifact, planted in a copy of the
+# collection before it is built.
+LOCAL_STATE = (".venv/bin/python", "build/demo/images/x.raw", "tests/output/junit.xml", ".pytest_cache/v/x",
+               ".hypothesis/examples/x", "plugins/modules/__pycache__/xva_info.cpython-311.pyc",
+               "plugins/module_utils/_xva/__pycache__/reader.cpython-311.pyc", "bench/out/result.json",
+               ".mypy_cache/x", ".ruff_cache/x", f"{NAMESPACE}-{NAME}-0.0.1.tar.gz")
+DEVELOPER_TOOLING = ("Makefile", "scripts/install-deps.sh", "scripts/sanity.sh", "requirements-dev.txt",
+                     ".ci/run", ".ansible-lint", "pytest.ini", "bench/xva_bench.py", "playbooks/demo.yml",
+                     ".gitignore")
+EXCLUDED_DIRS = (".venv", "build", "tests/output", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache",
+                 "bench", "scripts", ".ci")
+SHIPPED = ("COPYING", "README.md", "CHANGELOG.md", "meta/runtime.yml", "meta/execution-environment.yml",
+           "requirements.txt", "bindep.txt", "changelogs/changelog.yaml", "changelogs/config.yaml",
+           "plugins/doc_fragments/xva_source.py", "roles/convert/meta/argument_specs.yml")
+
+
+def _copy_of_the_checkout(dest):
+    """Every file git knows about (tracked, or new and not ignored), as a checkout has them."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes(src.read_bytes())
+    return dest
+
+
+def test_collection_builds_without_local_state_or_developer_tooling(tmp_path):
+    """ansible-galaxy's own validation of galaxy.yml; the artifact holds what an installed
+    collection uses, not caches, build output or the tools of a checkout."""
     galaxy_cli = Path(sys.executable).with_name("ansible-galaxy")
     if not galaxy_cli.exists():
         pytest.skip("ansible-galaxy is not installed next to this python")
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse"], capture_output=True, check=False).returncode:
+        pytest.skip("not a git checkout")
+    source = _copy_of_the_checkout(tmp_path / "src")
+    for rel in LOCAL_STATE + DEVELOPER_TOOLING:
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        if not (source / rel).exists():
+            (source / rel).write_text("planted by the test\n")
     proc = subprocess.run(
-        [str(galaxy_cli), "collection", "build", "--output-path", str(tmp_path), str(REPO)],
-        capture_output=True, text=True, check=False,
-        env=dict(os.environ, ANSIBLE_NOCOLOR="1"),
+        [str(galaxy_cli), "collection", "build", "--output-path", str(tmp_path / "out"), str(source)],
+        capture_output=True, text=True, check=False, env=dict(os.environ, ANSIBLE_NOCOLOR="1"),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (artifact,) = tmp_path.glob(f"{NAMESPACE}-{NAME}-*.tar.gz")
+    (artifact,) = (tmp_path / "out").glob(f"{NAMESPACE}-{NAME}-*.tar.gz")
     with tarfile.open(artifact) as tar:
-        names = tar.getnames()
-    assert "MANIFEST.json" in names and "FILES.json" in names
-    leaked = [n for n in names if n.split("/")[0] in (".venv", "build", ".git", ".pytest_cache")]
-    assert not leaked, f"local state in the collection artifact: {leaked[:10]}"
-    for module in MODULES:
-        assert f"plugins/modules/{module.name}" in names
+        names = set(tar.getnames())
+        manifest = json.load(tar.extractfile("MANIFEST.json"))
+    leaked = sorted(n for n in names if n in LOCAL_STATE + DEVELOPER_TOOLING or "__pycache__" in n
+                    or n.endswith(".pyc") or any(n == d or n.startswith(d + "/") for d in EXCLUDED_DIRS))
+    assert not leaked, f"not for the collection artifact: {leaked[:20]}"
+    missing = [rel for rel in SHIPPED + tuple(f"plugins/modules/{m.name}" for m in MODULES) if rel not in names]
+    assert not missing, f"missing from the artifact: {missing}"
+    assert manifest["collection_info"]["license_file"] == "COPYING"
 
 
 # ------------------------------------------------------------------------------- runtime.yml
