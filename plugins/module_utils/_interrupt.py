@@ -82,8 +82,9 @@ class SignalGuard:
     Only the first signal raises; later ones (an impatient second Ctrl-C) must not cut the
     cleanup short.  Inside ``deferred()`` a signal is remembered and raised when the block
     ends, for steps that must not stop halfway (renaming the finished images into place).
-    The previous handlers are restored on exit.  Outside the main thread Python cannot install
-    handlers, so the guard does nothing there.
+    The previous handlers are restored on exit.  A signal the process ignores (nohup) stays
+    ignored.  Outside the main thread Python cannot install handlers, so the guard does nothing
+    there.
     """
 
     def __init__(self, make_error):
@@ -98,6 +99,8 @@ class SignalGuard:
             return self
         for name in GUARDED_SIGNALS:
             signum = getattr(signal, name)
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # started under nohup or in the background: meant to ignore it
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
