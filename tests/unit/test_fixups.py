@@ -405,3 +405,39 @@ def test_backup_comes_back_and_temp_files_are_hidden(tmp_path):
     assert guest.restore_backup("/boot/grub/grub.cfg", "test")
     assert (tmp_path / "boot/grub/grub.cfg").read_text() == "pygrub menu\n"
     assert os.listdir(str(tmp_path / "boot/grub")) == ["grub.cfg"]
+
+
+# --------------------------------------------------------------------------- issue 7, item 14
+
+def test_xen_disk_names_come_from_the_spec_then_userdevice():
+    from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import FixupError, xen_disk_names
+    spec = {"disks": [{"userdevice": 0, "device": "xvda"}, {"userdevice": 2, "device": ""},
+                      {"userdevice": 3, "device": "/dev/xvdd"}]}
+    assert xen_disk_names(spec, 3) == ["xvda", "xvdc", "xvdd"]  # userdevice 2 is xvdc, not position 1
+    assert xen_disk_names(spec, 4) == ["xvda", "xvdc", "xvdd", "xvdb"]  # an extra image: first free letter
+    assert xen_disk_names({"disks": [{"userdevice": 0, "device": "xvda1"}, {"userdevice": 1, "device": "xvda2"}]},
+                          3) == ["xvda1", "xvda2", "xvdb"]
+    assert xen_disk_names(None, 2) == ["xvda", "xvdb"]
+    with pytest.raises(FixupError, match="several disks the device name xvda"):
+        xen_disk_names({"disks": [{"device": "xvda"}, {"userdevice": 0}]}, 2)
+
+
+def test_device_map_leaves_kvm_names_alone():
+    swapped = devices.DeviceMap(["xvdb", "xvda"])  # the boot disk was xvdb under Xen
+    assert swapped.rename("/dev/xvda1") == "/dev/vdb1"
+    assert swapped.rename("/dev/vdb1") == "/dev/vdb1"  # our own result stays as it is on a rerun
+    bare = devices.DeviceMap(["xvda"], repartitioned={0})
+    assert bare.rename("/dev/vda") == "/dev/vda" and bare.rename("/dev/xvda") == "/dev/vda1"
+
+
+def test_disk_record_is_validated(tmp_path):
+    from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import DISK_RECORD, read_disk_record
+    record = tmp_path / DISK_RECORD.lstrip("/")
+    record.parent.mkdir(parents=True)
+    record.write_text('{"xen_names": ["xvda1", "xvda2"], "repartitioned": [0]}\n')
+    assert read_disk_record(str(tmp_path), 2) == {"xen_names": ["xvda1", "xvda2"], "repartitioned": {0}}
+    assert read_disk_record(str(tmp_path), 3) is None  # recorded for another set of disks
+    for bad in ('{"xen_names": ["xvda", "eth0"], "repartitioned": []}', '{"xen_names": ["xvda", "xvdb"], '
+                '"repartitioned": [5]}', "[]", "not json"):
+        record.write_text(bad)
+        assert read_disk_record(str(tmp_path), 2) is None, bad

@@ -17,7 +17,8 @@ import re
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
 
-_XEN_DISK = re.compile(r"^(?:/dev/)?(xvd|hd|sd|vd)([a-z]+)(\d*)$")
+XEN_DISK_NAME = re.compile(r"^(?:/dev/)?(xvd|hd|sd|vd)([a-z]+)(\d*)$")
+_XEN_DISK = XEN_DISK_NAME
 
 
 class DeviceMap:
@@ -53,10 +54,10 @@ class DeviceMap:
             return device
         prefix = "/dev/" if device.startswith("/dev/") else ""
         kind, letters, partition = match.groups()
+        if kind == "vd":
+            return device  # already a KVM name (ours, from an earlier run): renaming it again would shift it
         if letters + partition in self.whole:
             return prefix + self.whole[letters + partition]
-        if kind == "vd" and letters not in self.by_letters:
-            return device
         if letters in self.by_letters:
             return prefix + self.by_letters[letters] + partition
         return device

@@ -26,13 +26,17 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import i
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import network as network_fixup
 from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.edit import GuestEditor
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import inspect_guest
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import (
+    inspect_guest, read_fstab, resolve_guest_path)
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.packages import GuestApt, packages_needed
 from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import describe_users, processes_using
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.progress import write_json_atomically
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import QCOW_MAGIC, GuestError
 
+# What the disks were called under Xen and which ones bare_fs gave a partition table: a later
+# run without the spec (or after the repartitioning) must map the same names the same way.
+DISK_RECORD = "/var/lib/xen2kvm/disks.json"
 FIXUPS = ("bare_fs", "devices", "console", "initramfs", "bootloader", "network", "remove_xen_tools",
           "guest_agent", "firstboot", "cleanup")
 SUPPORTED_FAMILIES = ("debian",)
@@ -54,9 +58,83 @@ def _check_disks(disks):
                                  "convert to qcow2 afterwards" % path)
 
 
+def _letters(name):
+    match = devices.XEN_DISK_NAME.match(name)
+    return match.group(2) if match else None
+
+
 def xen_disk_names(spec, count):
-    names = [d.get("device") or "" for d in (spec or {}).get("disks", [])][:count]
-    return names + ["xvd" + disk_letters(i) for i in range(len(names), count)]
+    """What the guest called each of ``count`` disks (boot order) under Xen: the spec's VBD
+    ``device``, else the name its ``userdevice`` gives (Xen names PV disk N xvd<letter N>: 0 ->
+    xvda, 2 -> xvdc), never the list position.  Disks the spec does not describe get the first
+    letters no other disk has."""
+    names = []
+    for position, disk in enumerate(((spec or {}).get("disks") or [])[:count]):
+        device = str(disk.get("device") or "").strip()
+        if device.startswith("/dev/"):
+            device = device[len("/dev/"):]
+        if not device:
+            userdevice = str(disk.get("userdevice", "")).strip()
+            device = "xvd" + disk_letters(int(userdevice) if userdevice.isdigit() else position)
+        names.append(device)
+    taken = {_letters(name) for name in names}
+    index = 0
+    while len(names) < count:
+        if disk_letters(index) not in taken:
+            names.append("xvd" + disk_letters(index))
+        index += 1
+    twice = sorted(name for name in set(names) if names.count(name) > 1)
+    if twice:
+        raise FixupError("the spec gives several disks the device name %s; nothing was changed" % ", ".join(twice))
+    return names
+
+
+def read_disk_record(root, count):
+    """What an earlier run recorded in the guest about its ``count`` disks, or None."""
+    try:
+        with open(resolve_guest_path(root, DISK_RECORD)) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    names, repartitioned = record.get("xen_names"), record.get("repartitioned")
+    if not isinstance(names, list) or len(names) != count or not all(isinstance(n, str) and _letters(n) for n in names):
+        return None
+    if not isinstance(repartitioned, list) or not all(isinstance(i, int) and 0 <= i < count for i in repartitioned):
+        return None
+    return {"xen_names": names, "repartitioned": set(repartitioned)}
+
+
+def names_from_fstab(mount, names):
+    """Without a spec: the guest's own names for its bare-filesystem disks, read from its fstab.
+
+    The root is found by looking, so the fstab line for / says what the guest called that disk
+    (a PV guest's ``xvda1``).  Another bare disk takes the one Xen-style fstab name of its
+    filesystem type (swap for a swap disk) that names no partition of a partitioned disk."""
+    names = list(names)
+    entries = [e for e in read_fstab(mount.root) if devices.XEN_DISK_NAME.match(e["source"])
+               and not e["source"].startswith(("/dev/vd", "vd"))]
+    root = mount.root_volume
+    if root is not None and root.number is None:
+        for entry in entries:
+            if os.path.normpath(entry["mountpoint"]) == "/":
+                names[root.disk_index] = entry["source"].rsplit("/", 1)[-1]
+    partitioned = {(_letters(names[v.disk_index]), str(v.number)) for v in mount.volumes if v.number is not None}
+    bare = [v for v in mount.volumes if v.number is None and v is not root and v.fs is not None]
+    for volume in bare:
+        same_type = [v for v in bare if v.fs.type == volume.fs.type]
+        candidates = []
+        for entry in entries:
+            match = devices.XEN_DISK_NAME.match(entry["source"])
+            name = entry["source"].rsplit("/", 1)[-1]
+            if name in names or (match.group(2), match.group(3)) in partitioned:
+                continue
+            if entry["fstype"] == volume.fs.type or (entry["fstype"] == "auto" and volume.fs.type != "swap"):
+                candidates.append(name)
+        if len(same_type) == 1 and len(candidates) == 1:
+            names[volume.disk_index] = candidates[0]
+    return names
 
 
 def refuse_unsupported(facts):
@@ -79,7 +157,7 @@ def volume_uuids(mount, names, repartitioned):
 
 class GuestFixup:
     def __init__(self, disks, spec=None, enabled=None, network="keep", apt_proxy=None, apt_mirror=None,
-                 resolv_conf="host", check_mode=False, package_dir=None):
+                 resolv_conf="host", check_mode=False, root=None, package_dir=None):
         self.disks = [os.path.abspath(d) for d in disks]
         self.spec = spec or {}
         self.enabled = set(FIXUPS if enabled is None else enabled)
@@ -88,6 +166,7 @@ class GuestFixup:
                             "package_dir": package_dir}
         self.check_mode = check_mode
         self.firmware = self.spec.get("firmware", "bios")
+        self.root = root  # the guest's name for the device holding /, when several disks hold one
 
     # -- "already done?": a marker beside the boot disk, so a rerun after the VM was started
     # reports the guest as fixed instead of refusing to mount a disk in use.
@@ -132,24 +211,39 @@ class GuestFixup:
         return result
 
     def _run(self):
-        with GuestMount(self.disks, readonly=True) as mount:
+        names = xen_disk_names(self.spec, len(self.disks))
+        with GuestMount(self.disks, readonly=True, devices=names, root=self.root) as mount:
             facts = inspect_guest(mount.root, disk=self.disks[0])
             facts["root_partition"] = mount.root_partition
+            names, repartitioned_earlier = self._names_and_history(mount, names)
         refuse_unsupported(facts)
         changes, warnings = [], list(mount.released)
-        repartitioned = self._bare_fs(changes)
-        names = xen_disk_names(self.spec, len(self.disks))
-        with GuestMount(self.disks, readonly=self.check_mode) as mount:
+        repartitioned = self._bare_fs(changes) | repartitioned_earlier
+        with GuestMount(self.disks, readonly=self.check_mode, devices=names, root=self.root) as mount:
             mapping = devices.DeviceMap(names, repartitioned, volume_uuids(mount, names, repartitioned))
             facts = inspect_guest(mount.root, disk=self.disks[0])
             editor = GuestEditor(mount.root, self.check_mode, run=mount.run_in_chroot)
             editor.changes.extend(changes)
+            editor.fixup = "devices"
+            editor.write(DISK_RECORD, json.dumps({"xen_names": names, "repartitioned": sorted(repartitioned)}) + "\n",
+                         "what the disks were called under Xen, for later runs")
             with GuestApt(editor, mount.run_in_chroot, **self.apt_options) as apt:
                 apt.fetch_first(*packages_needed(facts, self.enabled, self.firmware))  # before any change
                 self._apply_all(editor, facts, mount, mapping, apt)
         warnings.extend(editor.warnings)
         return {"changed": bool(editor.changes), "changes": editor.changes, "diff": editor.diffs,
                 "facts": facts, "warnings": warnings, "check_mode": self.check_mode}
+
+    def _names_and_history(self, mount, names):
+        """The disk names to use and the disks an earlier run repartitioned: the spec's names
+        when given, else the ones an earlier run recorded, else those the guest's fstab shows."""
+        record = read_disk_record(mount.root, len(self.disks))
+        earlier = record["repartitioned"] if record else set()
+        if self.spec.get("disks"):
+            return names, earlier
+        if record:
+            return record["xen_names"], earlier
+        return names_from_fstab(mount, names), earlier
 
     def _bare_fs(self, changes):
         if "bare_fs" not in self.enabled:

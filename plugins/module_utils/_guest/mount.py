@@ -583,7 +583,7 @@ class GuestMount:
         if not match:
             return None, "not a block device on these disks"
         letters, number = match.group(2), match.group(3)
-        kvm_name = match.group(1) == "vd" and not any(n.lstrip("/dev/").startswith("vd") for n in self.devices)
+        kvm_name = match.group(1) == "vd" and "vd" not in (_disk_part_of(n)[:2] for n in self.devices)
         for index, name in enumerate(self.devices):
             dev = DEVICE_NAME_RE.match(name)
             if kvm_name and dev:

@@ -549,3 +549,92 @@ def test_block_device_disk_and_refusal_when_mounted(tmp_path):
     finally:
         device.detach()
     assert loops_for_file(image) == []
+
+
+# --------------------------------------------------------------------------- issue 7, item 14
+
+DATA_UUID = "da7a0000-1111-4222-8333-444444444444"
+SWAP_UUID = "5a5a0000-1111-4222-8333-444444444444"
+KVER = "6.1.0-18-amd64"
+
+
+def debian_tree(tmp_path, fstab, name="rootfs"):
+    """root_tree plus what guest_fixup's inspection needs: a kernel that can boot on KVM."""
+    tree = root_tree(tmp_path, fstab, name=name, extra_dirs=("srv", "var/log", "var/lib/dpkg"))
+    _write(tree, "/var/lib/dpkg/status", "")
+    _write(tree, "/boot/vmlinuz-" + KVER, "kernel")
+    _write(tree, "/lib/modules/%s/kernel/drivers/block/virtio_blk.ko" % KVER, "module")
+    return tree
+
+
+def one_partition(tmp_path, fs_image, name):
+    image, layout = sfdisk_image(tmp_path, "label: dos\nstart=2048, type=83\n", 40 * MiB, name=name)
+    return copy_filesystems(image, layout, {1: fs_image})
+
+
+def fstab_of(image):
+    with GuestMount([image], readonly=True) as guest:
+        with open(guest.guest_path("/etc/fstab")) as fobj:
+            return fobj.read()
+
+
+def test_spec_userdevice_names_the_second_disk(tmp_path):
+    """The spec's second disk is userdevice 2 (no device name): the guest calls it xvdc, and
+    fstab's /dev/xvdc1 is that disk, whatever its list position."""
+    from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import fix_guest
+    tree = debian_tree(tmp_path, "/dev/xvda1 / ext4 defaults 0 1\n/dev/xvdc1 /srv ext4 defaults 0 2\n")
+    system = one_partition(tmp_path, make_fs(tmp_path, "ext4", 32 * MiB, tree, ROOT_UUID), "system.img")
+    data_tree = tmp_path / "datatree"
+    _write(data_tree, "/marker", "second disk\n")
+    data = one_partition(tmp_path, make_fs(tmp_path, "ext4", 32 * MiB, data_tree, DATA_UUID), "data.img")
+    spec = {"disks": [{"userdevice": 0, "device": ""}, {"userdevice": 2, "device": ""}]}
+
+    result = fix_guest([system, data], spec=spec, enabled=["devices"])
+    assert result["changed"]
+    fstab = fstab_of(system)
+    assert "UUID=%s /srv ext4" % DATA_UUID in fstab and "UUID=%s / ext4" % ROOT_UUID in fstab, fstab
+    with GuestMount([system, data], devices=["xvda", "xvdc"]) as guest:
+        root = guest.root
+        assert open(guest.guest_path("/srv/marker")).read() == "second disk\n"
+    assert_clean(system, root)
+    assert not fix_guest([system, data], spec=spec, enabled=["devices"])["changed"]
+
+
+def test_kvm_names_read_in_kvm_order(tmp_path):
+    """After the move, /dev/vdb1 in fstab is the second disk, whatever the Xen names were."""
+    tree = debian_tree(tmp_path, "/dev/vda1 / ext4 defaults 0 1\n/dev/vdb1 /srv ext4 defaults 0 2\n")
+    system = one_partition(tmp_path, make_fs(tmp_path, "ext4", 32 * MiB, tree, ROOT_UUID), "system.img")
+    data_tree = tmp_path / "datatree"
+    _write(data_tree, "/marker", "second disk\n")
+    data = one_partition(tmp_path, make_fs(tmp_path, "ext4", 32 * MiB, data_tree, DATA_UUID), "data.img")
+    with GuestMount([system, data], devices=["xvda", "xvdc"]) as guest:
+        root = guest.root
+        assert open(guest.guest_path("/srv/marker")).read() == "second disk\n"
+    assert_clean(system, root)
+
+
+def bare_guest(tmp_path, name):
+    """A PV guest shaped like deb12-pv-bare: disk 0 is the bare ext4 root (xvda1 to the guest),
+    disk 1 a bare swap area (xvda2)."""
+    work = tmp_path / name
+    work.mkdir()
+    tree = debian_tree(work, "/dev/xvda1 / ext4 errors=remount-ro 0 1\n/dev/xvda2 none swap sw 0 0\n")
+    root = make_fs(work, "ext4", 32 * MiB, tree, ROOT_UUID)
+    swap = make_fs(work, "swap", 8 * MiB, fs_uuid=SWAP_UUID)
+    return [str(root), str(swap)]
+
+
+@pytest.mark.parametrize("first_spec", [True, False], ids=["first-with-spec", "first-without-spec"])
+def test_bare_filesystem_rerun_without_spec_changes_nothing(tmp_path, first_spec):
+    from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import fix_guest
+    disks = bare_guest(tmp_path, "guest")
+    spec = {"disks": [{"userdevice": 0, "device": "xvda1"}, {"userdevice": 1, "device": "xvda2"}]}
+    first = fix_guest(disks, spec=spec if first_spec else None, enabled=["bare_fs", "devices"])
+    assert ("bare_fs", "repartition") in {(c["fixup"], c["action"]) for c in first["changes"]}
+    assert read_partition_table(disks[0]).scheme == "mbr"
+    fstab = fstab_of(disks[0])
+    assert "UUID=%s / ext4" % ROOT_UUID in fstab and "UUID=%s none swap" % SWAP_UUID in fstab, fstab
+    for again_spec in (None, spec):
+        again = fix_guest(disks, spec=again_spec, enabled=["bare_fs", "devices"])
+        assert not again["changed"], again["changes"]
+        assert fstab_of(disks[0]) == fstab
