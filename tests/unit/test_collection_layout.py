@@ -273,6 +273,32 @@ def test_module_file_conventions(path):
     assert guarded, f"{path.name}: call main() under if __name__ == '__main__':"
 
 
+def _module_options(path):
+    """A module's documented options, those of its collection doc fragments included."""
+    _tree, docs = _doc_strings(path)
+    doc = yaml.safe_load(docs["DOCUMENTATION"])
+    options = dict(doc.get("options") or {})
+    for frag in doc.get("extends_documentation_fragment") or []:
+        if frag.startswith(FQCN + "."):
+            fragment = REPO / "plugins" / "doc_fragments" / (frag[len(FQCN) + 1:].split(".")[0] + ".py")
+            for node in ast.walk(ast.parse(fragment.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DOCUMENTATION":
+                    options.update(yaml.safe_load(node.value.value).get("options") or {})
+    return options
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[p.stem for p in MODULES])
+def test_module_documents_its_requirements(path):
+    _tree, docs = _doc_strings(path)
+    requirements = yaml.safe_load(docs["DOCUMENTATION"]).get("requirements")
+    assert isinstance(requirements, list) and requirements, f"{path.name}: DOCUMENTATION.requirements is missing"
+    assert all(isinstance(r, str) and r.strip() for r in requirements), f"{path.name}: requirements are strings"
+    assert any(r.startswith("Python 3.11") for r in requirements), f"{path.name}: name the tested Python"
+    text = path.read_text(encoding="utf-8")
+    if "_libvirt." in text:
+        assert any("libvirt-python" in r for r in requirements), f"{path.name}: uses libvirt, say so in requirements"
+
+
 # ------------------------------------------------------------------------------------- roles
 
 @pytest.mark.parametrize("role", ROLES, ids=[p.name for p in ROLES])
@@ -289,3 +315,193 @@ def test_role_argument_specs(role):
         for opt, opt_spec in (spec.get("options") or {}).items():
             assert isinstance(opt_spec, dict) and opt_spec.get("description"), \
                 f"{spec_file}: {entry_point}.options.{opt} needs a description"
+
+
+ROLE_MODULE_TASKS = {"convert": ["xva_convert"], "fixup": ["guest_fixup"], "kvm_import": ["kvm_domain", "kvm_boot_check"]}
+# Module options a role sets itself or leaves to the module, and why.
+NOT_EXPOSED = {
+    "kvm_domain": {"state": "the role defines the domain; kvm_boot_check starts it",
+                   "remove_disks": "only with state=absent",
+                   "migrated_at": "recorded by the module at the first run"},
+    "kvm_boot_check": {"name": "the domain the role just defined",
+                       "start": "starting the VM is the point of the boot check",
+                       "console_log": "the serial log of the domain the role defined",
+                       "poll_interval": "a test knob"},
+}
+
+
+def _role_spec(role):
+    return _load_yaml(role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+
+
+def _role_defaults(role):
+    path = role / "defaults" / "main.yml"
+    return (_load_yaml(path) or {}) if path.is_file() else {}
+
+
+def _role_tasks(role):
+    return _load_yaml(role / "tasks" / "main.yml") or []
+
+
+class _AnyName(dict):
+    """Jinja's filter and test tables with every name known (Ansible adds its own at run time)."""
+
+    def __contains__(self, name):
+        return True
+
+    def get(self, name, default=None):
+        return super().get(name) or (lambda *args, **kwargs: None)
+
+
+def _jinja_variables(value):
+    """Names a templated value reads (jinja2's own parser, not a regex)."""
+    import jinja2
+    from jinja2 import meta
+    found = set()
+    if isinstance(value, str) and "{{" in value:
+        env = jinja2.Environment()
+        env.filters, env.tests = _AnyName(env.filters), _AnyName(env.tests)
+        found |= meta.find_undeclared_variables(env.parse(value))
+    elif isinstance(value, dict):
+        for item in value.values():
+            found |= _jinja_variables(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _jinja_variables(item)
+    return found
+
+
+@pytest.mark.parametrize("role", ROLES, ids=[p.name for p in ROLES])
+def test_role_required_inputs_are_really_required(role):
+    """A required option has no default anywhere, and no option defaults to an empty string that
+    would pass validation and fail later in the module."""
+    spec, defaults = _role_spec(role), _role_defaults(role)
+    for name, opt in spec.items():
+        assert name.startswith(role.name + "_"), f"{role.name}: option {name} lacks the role prefix"
+        if opt.get("required"):
+            assert "default" not in opt, f"{role.name}: required {name} has a default in argument_specs.yml"
+            assert name not in defaults, f"{role.name}: required {name} has a default in defaults/main.yml"
+        assert opt.get("default", None) != "" and defaults.get(name, None) != "", \
+            f"{role.name}: {name} defaults to an empty string; leave it unset and use default(omit)"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=[p.name for p in ROLES])
+def test_role_defaults_match_the_spec_and_read_no_other_role(role):
+    spec, defaults = _role_spec(role), _role_defaults(role)
+    assert set(defaults) == {n for n, o in spec.items() if "default" in o}, \
+        f"{role.name}: defaults/main.yml and the spec's defaults list different options"
+    for name, value in defaults.items():
+        assert value == spec[name]["default"], f"{role.name}: {name} is {value!r} in defaults, {spec[name]['default']!r} in the spec"
+        assert not _jinja_variables(value), f"{role.name}: default {name} reads {sorted(_jinja_variables(value))}"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=[p.name for p in ROLES])
+def test_role_tasks_read_only_their_own_options(role):
+    spec = _role_spec(role)
+    tasks = _role_tasks(role)
+    registered = {t["register"] for t in tasks if "register" in t}
+    read = set()
+    for task in tasks:
+        read |= _jinja_variables({k: v for k, v in task.items() if k != "name"})
+        read |= _jinja_variables(["{{ %s }}" % w for w in (task.get("when") if isinstance(task.get("when"), list)
+                                                           else [task["when"]] if "when" in task else [])])
+    foreign = sorted(read - set(spec) - registered - {"omit"})
+    assert not foreign, f"{role.name}: tasks read variables that are not its options: {foreign}"
+    unused = sorted(set(spec) - read)
+    assert not unused, f"{role.name}: options never passed on: {unused}"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=[p.name for p in ROLES])
+def test_role_exposes_the_module_options(role):
+    tasks = _role_tasks(role)
+    for module in ROLE_MODULE_TASKS[role.name]:
+        (task,) = [t for t in tasks if f"{FQCN}.{module}" in t]
+        passed = set(task[f"{FQCN}.{module}"])
+        options = set(_module_options(REPO / "plugins" / "modules" / f"{module}.py"))
+        left_out = options - passed - set(NOT_EXPOSED.get(module, {}))
+        assert not left_out, f"role {role.name} does not expose {module} options {sorted(left_out)}"
+        assert not passed - options, f"role {role.name} passes unknown {module} options {sorted(passed - options)}"
+
+
+def test_role_secrets_are_no_log():
+    for role in ROLES:
+        for name, opt in _role_spec(role).items():
+            if re.search(r"pass|secret|token|session_id", name):
+                assert opt.get("no_log") is True, f"{role.name}: {name} needs no_log: true"
+
+
+# ------------------------------------------------------------------- execution environment
+
+def _venv_tool(name):
+    tool = Path(sys.executable).with_name(name)
+    if not tool.exists():
+        pytest.skip(f"{name} is not installed next to this python (requirements-dev.txt)")
+    return str(tool)
+
+
+def test_execution_environment_metadata_is_introspected(tmp_path):
+    """ansible-builder finds the collection's Python and system requirements through
+    meta/execution-environment.yml, as it does inside an image build."""
+    ee_meta = _load_yaml(REPO / "meta" / "execution-environment.yml")
+    assert ee_meta["dependencies"] == {"python": "requirements.txt", "system": "bindep.txt"}
+    collections = tmp_path / "collections" / "ansible_collections" / NAMESPACE
+    collections.mkdir(parents=True)
+    (collections / NAME).symlink_to(REPO)
+    proc = subprocess.run([_venv_tool("ansible-builder"), "introspect", str(tmp_path / "collections"),
+                           "--write-pip", str(tmp_path / "pip.txt"), "--write-bindep", str(tmp_path / "bindep.txt")],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pip = (tmp_path / "pip.txt").read_text()
+    for library in ("libvirt-python", "xxhash", "zstandard"):
+        assert re.search(r"^%s\b.*from collection %s" % (library, FQCN), pip, re.M), pip
+    assert re.search(r"^qemu-utils \[platform:dpkg\]", (tmp_path / "bindep.txt").read_text(), re.M)
+
+
+def test_execution_environment_definition_builds_a_context(tmp_path):
+    """``ansible-builder create`` accepts an EE definition with this collection and its
+    requirements files, and writes them into the build context."""
+    definition = {
+        "version": 3,
+        "images": {"base_image": {"name": "debian:bookworm"}},
+        "dependencies": {
+            "python_interpreter": {"package_system": "python3", "python_path": "/usr/bin/python3"},
+            "ansible_core": {"package_pip": "ansible-core>=2.19,<2.20"},
+            "ansible_runner": {"package_pip": "ansible-runner"},
+            "galaxy": {"collections": [{"name": FQCN}]},
+            "python": str(REPO / "requirements.txt"),
+            "system": str(REPO / "bindep.txt"),
+        },
+    }
+    (tmp_path / "ee.yml").write_text(yaml.safe_dump(definition))
+    proc = subprocess.run([_venv_tool("ansible-builder"), "create", "-f", str(tmp_path / "ee.yml"),
+                           "-c", str(tmp_path / "context")], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    build = tmp_path / "context" / "_build"
+    assert (build / "requirements.txt").read_text() == (REPO / "requirements.txt").read_text()
+    assert (build / "bindep.txt").read_text() == (REPO / "bindep.txt").read_text()
+    assert FQCN in (build / "requirements.yml").read_text()
+
+
+def test_bindep_file_parses():
+    bindep_depends = pytest.importorskip("bindep.depends")
+    depends = bindep_depends.Depends((REPO / "bindep.txt").read_text())
+    assert depends.active_rules(["platform:dpkg"]), "no rule applies on Debian"
+
+
+# ------------------------------------------------------------------------------- changelog
+
+def test_changelog_lint():
+    """Fragments and changelog.yaml as antsibull-changelog (and ansible-test's changelog test) read them."""
+    tool = _venv_tool("antsibull-changelog")
+    for argv in ([tool, "lint"], [tool, "lint-changelog-yaml", "changelogs/changelog.yaml"]):
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+
+
+def test_changelog_fragments_are_rst_not_ansible_markup():
+    """Fragments are reStructuredText: C(x) would appear as "C(x)" in CHANGELOG.md; write ``x``."""
+    markup = re.compile(r"\b(?:C|O|V|RV|M|I|U|L)\([^)]*\)")
+    found = []
+    for fragment in sorted((REPO / "changelogs" / "fragments").glob("*.y*ml")):
+        found += [f"{fragment.name}: {m.group(0)}" for m in markup.finditer(fragment.read_text(encoding="utf-8"))]
+    assert not found, f"Ansible markup in changelog fragments (use ``literal``): {found[:10]}"
