@@ -391,3 +391,16 @@ def test_inspect_guest_file_markers_without_dpkg(tmp_path):
 def test_inspect_guest_requires_directory(tmp_path):
     with pytest.raises(GuestError):
         inspect_guest(str(tmp_path / "missing"))
+
+
+def test_xen_tool_packages_every_flavour(tmp_path):
+    write(tmp_path, "/var/lib/dpkg/status",
+          "Package: xe-guest-utilities-xenstore\nStatus: install ok installed\n\n"
+          "Package: xen-guest-agent\nStatus: install ok installed\n\n"
+          "Package: xe-guest-utilities\nStatus: deinstall ok config-files\n\n"
+          "Package: xe-guest-utilities-old\nStatus: purge ok not-installed\n\n"
+          "Package: xenstore-utils\nStatus: install ok installed\n")
+    write(tmp_path, "/usr/sbin/xen-guest-agent", "ELF")
+    facts = inspect_guest(str(tmp_path))
+    assert facts["xen_tools_packages"] == ["xe-guest-utilities", "xe-guest-utilities-xenstore", "xen-guest-agent"]
+    assert facts["xen_tools_files"] == ["/usr/sbin/xen-guest-agent"]

@@ -2,7 +2,6 @@
 a process with the image open, a loop device backed by it, a filesystem mounted from that loop
 device.  Real libvirtd, real loop devices and mounts; the domain's own qemu holding the image
 once it runs is of course no reason to refuse (issue 7, item 13)."""
-import os
 import shutil
 import subprocess
 import uuid
