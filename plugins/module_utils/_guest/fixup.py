@@ -224,11 +224,11 @@ class GuestFixup:
             facts = inspect_guest(mount.root, disk=self.disks[0])
             editor = GuestEditor(mount.root, self.check_mode, run=mount.run_in_chroot)
             editor.changes.extend(changes)
-            editor.fixup = "devices"
-            editor.write(DISK_RECORD, json.dumps({"xen_names": names, "repartitioned": sorted(repartitioned)}) + "\n",
-                         "what the disks were called under Xen, for later runs")
             with GuestApt(editor, mount.run_in_chroot, **self.apt_options) as apt:
                 apt.fetch_first(*packages_needed(facts, self.enabled, self.firmware))  # before any change
+                editor.fixup = "devices"
+                editor.write(DISK_RECORD, json.dumps({"xen_names": names, "repartitioned": sorted(repartitioned)}) + "\n",
+                             "what the disks were called under Xen, for later runs")
                 self._apply_all(editor, facts, mount, mapping, apt)
         warnings.extend(editor.warnings)
         return {"changed": bool(editor.changes), "changes": editor.changes, "diff": editor.diffs,
