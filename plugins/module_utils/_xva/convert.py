@@ -144,7 +144,7 @@ class Conversion:
             manifest = images.read_manifest(images.manifest_path(paths))
             result = {"spec": spec, "compression": xva.compression or "none", "changed": False}
             if not self.check_mode:
-                sweep_dead_temps(self.dest)
+                self._sweep_leftovers()
             done = self._already_done(xva, paths, manifest)
             if done is not None:
                 result["disks"] = done
@@ -158,6 +158,12 @@ class Conversion:
             images.make_directory_durably(self.dest)
             result["disks"] = self._convert_guarded(xva, paths)
             return result
+
+    def _sweep_leftovers(self):
+        """Temporary files of killed runs: images beside the images, JSON beside the status file."""
+        sweep_dead_temps(self.dest)
+        if self.status_file:
+            sweep_dead_temps(os.path.dirname(os.path.abspath(self.status_file)))
 
     def _same_export(self, manifest, xva):
         return manifest is not None and manifest.get("ova_sha256") == xva.ova_sha256

@@ -108,6 +108,11 @@ class ProgressReporter:
     def __exit__(self, exc_type, exc, tb):
         if self._thread is not None:
             self._stop.set()
-            self._thread.join()
-            self._write("failed" if exc is not None else "done", str(exc) if exc is not None else None)
+            try:
+                self._thread.join()
+            except BaseException as late:  # a signal turned into an exception while waiting
+                exc = exc or late
+                raise
+            finally:
+                self._write("failed" if exc is not None else "done", str(exc) if exc is not None else None)
         return False

@@ -153,6 +153,7 @@ def test_sigkill_leftovers_are_swept_by_the_next_run(xva, tmp_path):
     assert [Path(d["path"]).read_bytes()[:MiB] for d in again["disks"]] == [disk_bytes(1, MiB), disk_bytes(2, MiB)]
 
 
+@pytest.mark.skipif(not shutil.which("mkfs.ext4"), reason="needs mkfs.ext4")
 def test_signal_during_bare_filesystem_repartition_leaves_the_disk_alone(tmp_path):
     """The copy is stopped (SIGSTOP) the moment its temporary file appears, then sent SIGTERM."""
     image = tmp_path / "bare.raw"

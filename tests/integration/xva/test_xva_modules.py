@@ -114,3 +114,22 @@ def test_http_stream_cut_off_leaves_nothing(sample, tmp_path):
             convert_xva(url, str(tmp_path / "o"), open_url_func=open_url, url_options={"session_id": xapi.login()})
     print(caught.value)
     assert os.listdir(tmp_path / "o") == []
+
+
+def test_xva_convert_module_refuses_a_fresh_export_over_used_images(tmp_path):
+    """A second export of the same VM (new Ref numbers, same VM uuid) must not replace images
+    that may have run on KVM since; the message names both exports, force replaces."""
+    vm = VM(name="TestVM02", uuid="6b0d3f4e-0000-4000-8000-0000000000aa",
+            disks=[Disk(image=disk_content(2 * MiB, 5), userdevice=0)])
+    monday, tuesday = tmp_path / "monday.xva", tmp_path / "tuesday.xva"
+    write_xva(str(monday), vm, checksum="sha1")
+    write_xva(str(tuesday), vm, checksum="sha1")
+    dest = tmp_path / "images"
+    first = run_module("xva_convert", {"src": str(monday), "dest": str(dest), "verify_checksums": False})
+    assert first["disks"][0]["checksums_verified"] is False  # checksums present, but not compared
+    refused = run_module("xva_convert", {"src": str(tuesday), "dest": str(dest)}, expect_fail=True)
+    assert "different export of the same VM" in refused["msg"] and "force: true" in refused["msg"]
+    assert str(monday) in refused["msg"] and str(tuesday) in refused["msg"]
+    forced = run_module("xva_convert", {"src": str(tuesday), "dest": str(dest), "force": True})
+    assert forced["changed"] is True and forced["disks"][0]["checksums_verified"] is True
+    assert Path(forced["disks"][0]["path"]).read_bytes() == vm.disks[0].image
