@@ -34,7 +34,7 @@ define pytest_dir
 	exit $$rc
 endef
 
-.PHONY: help install test unit integration sanity lint demo bench clean distclean collection-link
+.PHONY: help install test unit integration sanity lint demo bench build changelog clean distclean collection-link
 
 help:
 	@echo "make demo         build a sample Xen VM, migrate it into local libvirt, show it booting"
@@ -45,6 +45,8 @@ help:
 	@echo "make sanity       ansible-test sanity on a clean copy (SANITY_ARGS='--test pylint')"
 	@echo "make lint         ansible-lint --profile production (LINT_ARGS=...)"
 	@echo "make bench        bench/run.sh or bench/xva_bench.py"
+	@echo "make build        the collection artifact build/xen2kvm-migration-VERSION.tar.gz"
+	@echo "make changelog    release notes: changelogs/fragments -> changelog.yaml + CHANGELOG.md"
 	@echo "make clean        remove build/, test output and caches (keeps .venv)"
 	@echo "make distclean    clean + remove .venv"
 
@@ -93,6 +95,14 @@ bench: $(INSTALL) collection-link
 	else \
 	  echo "make bench: not yet available (no bench/run.sh or bench/xva_bench.py)" >&2; exit 1; \
 	fi
+
+# The artifact users install (galaxy.yml's build_ignore keeps the checkout's tooling out).
+build: $(INSTALL)
+	@$(BIN)/ansible-galaxy collection build --force --output-path $(REPO)/build $(REPO)
+
+# At a release, after setting galaxy.yml's version: the fragments become the release's notes.
+changelog: $(INSTALL)
+	@cd $(REPO) && $(BIN)/antsibull-changelog lint && $(BIN)/antsibull-changelog release
 
 clean:
 	rm -rf $(REPO)/build $(REPO)/tests/output $(REPO)/.pytest_cache $(REPO)/.hypothesis $(REPO)/bench/out

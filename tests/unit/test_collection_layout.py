@@ -505,3 +505,57 @@ def test_changelog_fragments_are_rst_not_ansible_markup():
     for fragment in sorted((REPO / "changelogs" / "fragments").glob("*.y*ml")):
         found += [f"{fragment.name}: {m.group(0)}" for m in markup.finditer(fragment.read_text(encoding="utf-8"))]
     assert not found, f"Ansible markup in changelog fragments (use ``literal``): {found[:10]}"
+
+
+# --------------------------------------------------------------------------- README and docs
+
+def _sections(markdown):
+    """{heading: body} of the level-2 sections."""
+    parts = re.split(r"^## (.+)$", markdown, flags=re.M)
+    return {title.strip(): body for title, body in zip(parts[1::2], parts[2::2])}
+
+
+def _make_targets():
+    return set(re.findall(r"^([a-z][a-z0-9_-]*):", (REPO / "Makefile").read_text(encoding="utf-8"), re.M))
+
+
+def test_readme_sections_and_the_two_set_up_commands():
+    sections = _sections((REPO / "README.md").read_text(encoding="utf-8"))
+    for title in ("Set up", "Installing", "Supported", "What is refused and why", "License"):
+        assert sections.get(title, "").strip(), f"README.md has no section {title!r}"
+    (block,) = re.findall(r"```sh\n(.*?)```", sections["Set up"], re.S)
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+    assert commands == ["make demo", "make test"]
+
+
+def test_readme_supported_names_the_tested_versions(runtime):
+    supported = _sections((REPO / "README.md").read_text(encoding="utf-8"))["Supported"]
+    pinned = re.search(r"^ansible-core>=(\d+\.\d+)", (REPO / "requirements-dev.txt").read_text(), re.M).group(1)
+    assert f"ansible-core {pinned}" in supported, f"README Supported should name ansible-core {pinned}"
+    assert runtime["requires_ansible"] == f">={pinned}.0", "requires_ansible should be the tested ansible-core"
+    assert f"Python {sys.version_info.major}.{sys.version_info.minor}" in supported
+    for product in ("XenServer", "XCP-ng", "Debian 12"):
+        assert product in supported
+
+
+def test_readme_role_example_uses_only_role_options():
+    example = re.search(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.S).group(1)
+    for entry in yaml.safe_load(example)[0]["roles"]:
+        role = REPO / "roles" / entry["role"].split(".")[-1]
+        spec = _role_spec(role)
+        assert set(entry.get("vars") or {}) <= set(spec), f"README example: unknown {role.name} variables"
+        required = {n for n, o in spec.items() if o.get("required")}
+        assert required <= set(entry.get("vars") or {}), f"README example: {role.name} lacks {required}"
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/developing.md"])
+def test_docs_name_existing_make_targets_and_paths(doc):
+    text = (REPO / doc).read_text(encoding="utf-8")
+    targets = _make_targets()
+    unknown = sorted({t for t in re.findall(r"`make ([a-z][a-z0-9_-]*)", text) if t not in targets})
+    assert not unknown, f"{doc} names make targets the Makefile lacks: {unknown}"
+    top = ("scripts/", "tests/", "plugins/", "roles/", "meta/", "changelogs/", "docs/", "playbooks/", "bench/",
+           "extensions/", ".ci/")
+    missing = sorted({p for p in re.findall(r"`([^`\s]+)`", text) if p.startswith(top) and not re.search(r"[<>*A-Z]", p)
+                      and not any((base / p.rstrip("/")).exists() for base in [REPO] + ROLES)})
+    assert not missing, f"{doc} names paths that do not exist: {missing}"
