@@ -9,13 +9,13 @@ output, which tests read only for error messages.
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+from ansible_run import PLAYBOOK
+
 FQCN = "xen2kvm.migration"
 
 
