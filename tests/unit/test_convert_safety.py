@@ -164,6 +164,21 @@ def test_image_recorded_by_another_manifest_is_found(tmp_path):
     assert snapshot([str(dest / "d1.raw")]) == before
 
 
+def test_an_image_taken_over_by_a_forced_conversion_is_not_claimed(tmp_path):
+    """B replaced A's second image with force: A's rerun must not call that image its own."""
+    dest = tmp_path / "images"
+    a_vm = make_vm(name="a")
+    a = export(tmp_path / "a.xva", a_vm)
+    convert_xva(a, str(dest), name_template="d{userdevice}.raw")
+    b = export(tmp_path / "b.xva", VM(name="b", uuid=OTHER_UUID, disks=[Disk(image=content(9), userdevice=1)]))
+    convert_xva(b, str(dest), name_template="d{userdevice}.raw", force=True)
+    with pytest.raises(XvaError) as caught:
+        convert_xva(a, str(dest), name_template="d{userdevice}.raw")
+    assert "d1.raw holds the image of another VM: VM 'b'" in str(caught.value)
+    convert_xva(a, str(dest), name_template="d{userdevice}.raw", force=True)
+    assert open(dest / "d1.raw", "rb").read() == a_vm.disks[1].image
+
+
 def test_unknown_file_is_refused_and_named(tmp_path):
     dest = tmp_path / "images"
     dest.mkdir()

@@ -134,6 +134,7 @@ class Conversion:
         self._temps = []
         self._fds = []
         self._committed = False
+        self._others = None
 
     def run(self):
         with _OpenXva(self.src, self.open_url_func, self.url_options) as xva:
@@ -178,6 +179,9 @@ class Conversion:
         states = [images.image_state(item) for item in manifest["images"]]
         if "missing" in states:
             return None
+        if any(state == "modified" and self._owner(item["path"], manifest) is not manifest
+               for item, state in zip(manifest["images"], states)):
+            return None  # another conversion (forced) took that name over since
         if self._verification_pending(manifest):
             self._refuse_verifying_modified(manifest, states)
             return None
@@ -212,17 +216,12 @@ class Conversion:
         """Never replace what is not a still-untouched image of this very export, unless forced."""
         if self.force:
             return
-        others = None
         problems = []
         owned = {}  # manifest file -> (why, owner, [paths]): one description per owner
         for path in paths:
             if not os.path.lexists(path):
                 continue
-            owner = manifest if path in images.recorded_paths(manifest) else None
-            if owner is None:
-                if others is None:
-                    others = images.manifests_beside(self.dest)
-                owner = next((m for m in others if path in images.recorded_paths(m)), None)
+            owner = self._owner(path, manifest)
             if owner is None:
                 problems.append("%s already exists and was not made from this XVA (no manifest beside it "
                                 "records it)" % path)
@@ -244,6 +243,18 @@ class Conversion:
         if problems:
             raise XvaError("refusing to replace existing files, set force: true to replace them: %s; "
                            "this XVA is %s" % ("; ".join(problems), self._describe_this(xva)))
+
+    def _owner(self, path, manifest):
+        """The manifest ``path`` belongs to: among those recording it (this set's first, then the
+        others in ``dest``), the one it is still unchanged for, else the first."""
+        if self._others is None:
+            self._others = [m for m in images.manifests_beside(self.dest)
+                            if m["file"] != (manifest or {}).get("file")]
+        candidates = [m for m in [manifest] + self._others if m and path in images.recorded_paths(m)]
+        for candidate in candidates:
+            if images.image_state(_recorded_entry(candidate, path)) == "unchanged":
+                return candidate
+        return candidates[0] if candidates else None
 
     def _describe_this(self, xva):
         spec = xva.spec
