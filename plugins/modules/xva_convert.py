@@ -20,14 +20,14 @@ description:
     VDI's C(virtual_size).
   - Images are written under hidden temporary names, synced and renamed only when the whole XVA
     was read and verified; the images, the manifest and the directory entries are synced to disk
-    before success is reported. On any error, and on SIGTERM, SIGINT or SIGHUP, nothing is left
-    at the destination names, the temporary files are removed and the status file says
+    before success is reported. On any error, and on SIGTERM, SIGINT or SIGHUP, nothing is
+    written to the destination names, the temporary files are removed and the status file says
     C(failed). Temporary files of a run killed outright (SIGKILL, power loss) are removed by the
     next run.
   - A manifest (C(.<first image name>.xen2kvm.json)) beside the images records what they were made
     from (the export's ova.xml, the VM uuid, the source, whether checksums were verified) and how
     the images looked when written. A rerun on the same export is C(changed=false), also after
-    the images were fixed up or booted.
+    the images were fixed up or booted. See docs/xva_convert.md in the collection.
   - Without O(force) nothing else is replaced. A different export of the same VM (xapi numbers
     every export anew), images of another VM, files no manifest records, and images changed since
     their conversion are refused with a message naming both sides. Even with O(force) the disk of
