@@ -112,6 +112,7 @@ class ProgressReporter:
                 self._thread.join()
             except BaseException as late:  # a signal turned into an exception while waiting
                 exc = exc or late
+                self._thread.join()  # its last "running" must not land after our final state
                 raise
             finally:
                 self._write("failed" if exc is not None else "done", str(exc) if exc is not None else None)
