@@ -51,8 +51,7 @@ def test_kvm_import_role_alone_in_check_mode(libvirt_uri, conn, converted, domai
     assert domain_name not in conn.listDefinedDomains()
 
 
-def test_kvm_import_role_passes_vcpus_memory_firmware_machine_and_name(libvirt_uri, conn, converted_with_nic,
-                                                                      domain_name):
+def test_kvm_import_role_passes_vcpus_memory_firmware_machine_and_name(libvirt_uri, conn, converted_with_nic, domain_name):
     converted = converted_with_nic
     role_vars = {"kvm_import_spec": converted["spec"], "kvm_import_disks": converted["disks"],
                  "kvm_import_uri": libvirt_uri, "kvm_import_name": domain_name + "-kvm",
