@@ -126,7 +126,9 @@ def _run_host(argv):
 def kvm_view(root, table):
     """The chroot sees /dev and grub-probe as the guest will on KVM (see the module docstring)."""
     mounted = []
-    script_dir = tempfile.mkdtemp(prefix="xen2kvm-grub-")
+    # In the chroot's private /run (a tmpfs of GuestMount): even a killed run leaves no trace there.
+    run = os.path.join(root, "run")
+    script_dir = tempfile.mkdtemp(prefix="xen2kvm-grub-", dir=run if os.path.ismount(run) else None)
     try:
         dev = os.path.join(root, "dev")
         _run_host(["mount", "-t", "tmpfs", "-o", "mode=0755,size=1m", "xen2kvm-dev", dev])

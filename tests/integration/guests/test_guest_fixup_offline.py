@@ -186,15 +186,17 @@ fix_guest([sys.argv[2]], package_dir=sys.argv[3])
 """
 
 
-def dpkg_in_a_guest_chroot():
+def dpkg_unpacking_in_a_guest_chroot():
+    """The pid of a dpkg unpacking packages in a guest chroot (not apt's short dpkg queries)."""
     for pid in os.listdir("/proc"):
         if pid.isdigit() and _root_of(pid).startswith("/run/xen2kvm/guest-"):
             try:
-                with open("/proc/%s/comm" % pid) as handle:
-                    if handle.read().strip() == "dpkg":
-                        return int(pid)
+                with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                    argv = handle.read().split(b"\0")
             except OSError:
                 continue
+            if os.path.basename(argv[0]) == b"dpkg" and b"--unpack" in argv:
+                return int(pid)
     return None
 
 
@@ -205,10 +207,10 @@ def test_a_run_killed_while_dpkg_works_is_undone_by_the_next(tmp_path, package_d
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600
-        while dpkg_in_a_guest_chroot() is None:
-            assert child.poll() is None, "the run ended before dpkg started"
-            assert time.monotonic() < deadline, "dpkg never ran in the guest chroot"
-            time.sleep(0.02)
+        while dpkg_unpacking_in_a_guest_chroot() is None:
+            assert child.poll() is None, "the run ended before dpkg unpacked anything"
+            assert time.monotonic() < deadline, "dpkg never unpacked in the guest chroot"
+            time.sleep(0.01)
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
     finally:
@@ -218,7 +220,7 @@ def test_a_run_killed_while_dpkg_works_is_undone_by_the_next(tmp_path, package_d
 
     fixed = fix_guest([image], package_dir=package_dir)
     restored = {c["path"] for c in fixed["changes"] if c["action"] == "restore"}
-    assert {"/usr/sbin/policy-rc.d", "/var/lib/xen2kvm/apt"} <= restored, json.dumps(fixed["changes"], indent=1)
+    assert {"/usr/sbin/policy-rc.d", "/etc/resolv.conf", "/var/lib/xen2kvm/apt"} <= restored, json.dumps(fixed["changes"], indent=1)
     assert any("killed earlier run (pid %d)" % child.pid in w for w in fixed["warnings"]), fixed["warnings"]
     nothing_left_behind(image)
     state = guest_state(image)
