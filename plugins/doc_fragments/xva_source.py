@@ -18,12 +18,25 @@ options:
         C(xe vm-export filename= ...)), or an C(http://) or C(https://) URL such as XAPI's
         C(/export?uuid=...). Plain, gzip and zstd streams are recognised by their magic bytes.
       - Redirects are followed and no Content-Length is needed.
+      - A password in the URL (C(https://user:pass@host/...)) and the values of C(session_id) and
+        other credential-like query parameters are masked in the module result (also in
+        C(invocation)), warnings, messages, the status file and the manifest, where the URL
+        appears without them. Passing them as O(url_password) or O(session_id) is still clearer.
     type: str
     required: true
   validate_certs:
-    description: Verify the server's TLS certificate when O(src) is an C(https://) URL.
+    description:
+      - Verify the server's TLS certificate when O(src) is an C(https://) URL.
+      - To trust a host with a self-signed certificate (XCP-ng's default), give its certificate
+        or CA in O(ca_path) rather than turning this off.
     type: bool
     default: true
+  ca_path:
+    description:
+      - A PEM file of CA certificates to verify an C(https://) O(src) against, instead of the
+        system's trust store. For an XCP-ng or XenServer host with its self-signed certificate,
+        copy C(/etc/xensource/xapi-ssl.pem)'s certificate part (or the pool's CA) here.
+    type: path
   url_username:
     description: User for HTTP basic authentication.
     type: str
@@ -35,7 +48,14 @@ options:
       - An XAPI session reference (C(OpaqueRef:...)), added to the URL as the C(session_id) parameter.
     type: str
   timeout:
-    description: Seconds to wait for the HTTP server to answer.
+    description:
+      - Seconds to wait for the HTTP server to answer, and then for each piece of data. When no
+        byte arrives for that long the module fails with "no data from HOST for N s".
+      - The default is long because a compressed export can be silent for minutes. xapi sends a
+        keep-alive after 5 s without data, but C(gzip) and C(zstd) on the host hold those back
+        until they have a block's worth of input, so a long run of zeros in a large sparse disk
+        gives minutes (gzip) to hours (zstd) of silence. For an uncompressed export a few
+        minutes is enough. See the collection's docs/sources.md.
     type: int
-    default: 60
+    default: 1800
 """

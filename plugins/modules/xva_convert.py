@@ -177,18 +177,19 @@ compression:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 from ansible.module_utils.urls import open_url
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.images import DEFAULT_NAME, ImageError
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.module import SOURCE_ARGUMENT_SPEC, url_options
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.module import (
+    SOURCE_ARGUMENT_SPEC, XvaSourceModule, url_options)
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader import XvaError
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.stream import MissingLibraryError
 
 
 def main():
-    module = AnsibleModule(
+    module = XvaSourceModule(
         argument_spec=dict(
             SOURCE_ARGUMENT_SPEC,
             dest=dict(type="path", required=True),

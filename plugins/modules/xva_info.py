@@ -121,17 +121,18 @@ compression:
   sample: zstd
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 from ansible.module_utils.urls import open_url
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import xva_info
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.module import SOURCE_ARGUMENT_SPEC, url_options
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.module import (
+    SOURCE_ARGUMENT_SPEC, XvaSourceModule, url_options)
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader import XvaError
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.stream import MissingLibraryError
 
 
 def main():
-    module = AnsibleModule(
+    module = XvaSourceModule(
         argument_spec=SOURCE_ARGUMENT_SPEC,
         supports_check_mode=True,
     )

@@ -8,12 +8,21 @@ It behaves as XAPI is documented to, on 127.0.0.1 only:
 - ``GET /export?uuid=...|ref=...&session_id=...`` streams the VM's XVA with chunked transfer
   encoding and **no Content-Length**, after an optional redirect (XAPI redirects to the pool
   member that holds the VM), with HTTP basic auth accepted in place of a session;
-- faults on request: stop the stream after N bytes (a dropped connection).
+- faults on request: stop the stream after N bytes (a dropped connection), or stall after N
+  bytes (the connection stays open, nothing more is sent: a hung host, or a compressor holding
+  back xapi's keep-alives);
+- HTTPS with a self-signed certificate for 127.0.0.1 made by ``openssl`` in a temporary directory
+  (``tls=True``; ``ca_file`` is the certificate to trust), as an XCP-ng host has by default.
 """
 
 import base64
 import http.server
+import os
 import secrets
+import shutil
+import ssl
+import subprocess
+import tempfile
 import threading
 import urllib.parse
 import uuid as uuidlib
@@ -40,34 +49,57 @@ class _Server(ThreadingMixIn, http.server.HTTPServer):
 class XapiDouble:
     """``with XapiDouble(vms, username="root", password="pw") as xapi: xapi.url``"""
 
-    def __init__(self, vms, username="root", password="secret", redirect=True, cut_after=None):
+    def __init__(self, vms, username="root", password="secret", redirect=True, cut_after=None,
+                 stall_after=None, tls=False):
         self.vms = list(vms)
         self.username = username
         self.password = password
         self.redirect = redirect
         self.cut_after = cut_after
+        self.stall_after = stall_after
+        self.tls = tls
+        self.ca_file = None
         self.sessions = set()
         self.requests = []
+        self.released = threading.Event()  # ends a stall
         self._server = None
         self._thread = None
+        self._cert_dir = None
 
     # -- lifecycle
     def __enter__(self):
         handler = _handler_for(self)
         self._server = _Server(("127.0.0.1", 0), handler)
+        if self.tls:
+            self._server.socket = self._tls_context().wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
 
+    def _tls_context(self):
+        self._cert_dir = tempfile.mkdtemp(prefix="xapi-double-tls-")
+        cert, key = os.path.join(self._cert_dir, "cert.pem"), os.path.join(self._cert_dir, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", key, "-out", cert], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        self.ca_file = cert
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        return context
+
     def __exit__(self, *exc):
+        self.released.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+        if self._cert_dir:
+            shutil.rmtree(self._cert_dir, ignore_errors=True)
         return False
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self._server.server_address[1]
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self._server.server_address[1])
 
     def login(self):
         session = "OpaqueRef:" + secrets.token_hex(16)
@@ -202,6 +234,14 @@ def _handler_for(xapi):
                     data = handle.read(CHUNK)
                     if not data:
                         break
+                    if xapi.stall_after is not None and sent + len(data) > xapi.stall_after:
+                        data = data[:max(xapi.stall_after - sent, 0)]
+                        if data:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                        self.wfile.flush()
+                        xapi.released.wait()  # silent, with the connection open
+                        self.close_connection = True
+                        return
                     if xapi.cut_after is not None and sent + len(data) > xapi.cut_after:
                         data = data[:max(xapi.cut_after - sent, 0)]
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if data else b"")

@@ -12,15 +12,19 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import http.client
 import io
+import re
+import socket
+import ssl
 import zlib
 import os
 import sys
 
 try:
-    from urllib.parse import urlsplit, urlunsplit, urlencode, parse_qsl
+    from urllib.parse import urlsplit, urlunsplit, urlencode, parse_qsl, quote, unquote
 except ImportError:  # pragma: no cover - Python 2 is not supported, keeps sanity's import test quiet
-    urlsplit = urlunsplit = urlencode = parse_qsl = None
+    urlsplit = urlunsplit = urlencode = parse_qsl = quote = unquote = None
 
 try:
     import zstandard
@@ -35,6 +39,14 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 FOREIGN_MAGICS = ((b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x04\x22\x4d\x18", "lz4"),
                   (b"\x89LZO", "lzop"), (b"PK\x03\x04", "zip"), (b"7z\xbc\xaf\x27\x1c", "7z"))
 READ_SIZE = 4 << 20
+# Seconds without a byte from an HTTP export before giving up.  xapi sends a keep-alive member
+# after 5 s without data, but gzip and zstd hold those back until they have a block's worth of
+# input: a long run of zeros in a compressed export leaves the connection silent for minutes
+# (gzip -6: ~65 keep-alives, 5 min) to hours (zstd -3: thousands).  See docs/sources.md.
+DEFAULT_TIMEOUT = 1800
+# Query parameters whose values are credentials (xapi's session_id, and what other tools put in URLs).
+_SECRET_QUERY_KEY = re.compile(r"session|pass|pwd|token|secret|key|auth|sig|cred", re.IGNORECASE)
+REDACTED = "********"
 
 
 class SourceError(ValueError):
@@ -156,8 +168,96 @@ def _with_session(url, session_id):
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
+def host_of(url):
+    """``host[:port]`` of a URL, without the credentials a netloc may carry."""
+    return urlsplit(url).netloc.rsplit("@", 1)[-1]
+
+
+def redacted_source(src):
+    """``src`` fit for messages, warnings, status and manifest files: a URL loses its user
+    information and the values of credential-like query parameters (``session_id``...)."""
+    src = os.fspath(src)
+    if not is_url(src):
+        return src
+    parts = urlsplit(src)
+    query = [(k, REDACTED if _SECRET_QUERY_KEY.search(k) else v)
+             for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit((parts.scheme, host_of(src), parts.path, urlencode(query, safe="*:/"), ""))
+
+
+_redact = redacted_source
+
+
+def source_secrets(src):
+    """The credentials inside ``src`` (a URL's password and credential-like query values), in
+    every spelling they may be printed in, for Ansible's ``no_log_values``."""
+    src = os.fspath(src)
+    if not is_url(src):
+        return set()
+    parts = urlsplit(src)
+    found = set()
+    if parts.password:
+        found.add(parts.password)
+    for raw in re.findall(r"(?:^|[?&;])([^=&;#]+)=([^&;#]*)", parts.query):
+        if _SECRET_QUERY_KEY.search(unquote(raw[0])) and raw[1]:
+            found.add(raw[1])
+    secrets = set()
+    for value in found:
+        for spelling in (value, unquote(value), unquote(value.replace("+", " ")), quote(unquote(value), safe="")):
+            if len(spelling) >= 4:  # masking very short strings would mangle unrelated output
+                secrets.add(spelling)
+    return secrets
+
+
+class _NetworkBody(io.RawIOBase):
+    """The body of an HTTP response, with network failures said as what they are.  They must
+    not look like damaged data: a timeout or reset surfaces inside the gzip/zstd decoder too."""
+
+    def __init__(self, response, url, timeout):
+        io.RawIOBase.__init__(self)
+        self._response = response
+        self._host = host_of(url)
+        self._timeout = timeout
+        self.received = 0
+
+    def readable(self):
+        return True
+
+    def _failed(self, exc):
+        if isinstance(exc, (socket.timeout, TimeoutError)):
+            return SourceError("no data from %s for %s s (timeout; after %d bytes): the host or the network "
+                               "stalled; raise timeout if the export is compressed and the disk has long "
+                               "runs of zeros" % (self._host, self._timeout, self.received))
+        if isinstance(exc, http.client.IncompleteRead):
+            return SourceError("the HTTP stream from %s broke off after %d bytes (truncated)"
+                               % (self._host, self.received + len(exc.partial or b"")))
+        if isinstance(exc, ssl.SSLError):
+            return SourceError("TLS error reading from %s after %d bytes: %s" % (self._host, self.received, exc))
+        return SourceError("connection to %s failed after %d bytes: %s"
+                           % (self._host, self.received, exc.strerror or exc))
+
+    def read(self, size=-1):
+        try:
+            data = self._response.read(size) if size is not None and size >= 0 else self._response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._failed(exc)
+        self.received += len(data)
+        return data
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self):
+        try:
+            self._response.close()
+        finally:
+            io.RawIOBase.close(self)
+
+
 def open_url(url, open_url_func, validate_certs=True, url_username=None, url_password=None,
-             session_id=None, timeout=60):
+             session_id=None, timeout=DEFAULT_TIMEOUT, ca_path=None):
     """Open an HTTP(S) export; redirects are followed and no Content-Length is needed (XAPI
     streams ``/export`` without one)."""
     if session_id:
@@ -166,18 +266,20 @@ def open_url(url, open_url_func, validate_certs=True, url_username=None, url_pas
         response = open_url_func(url, method="GET", validate_certs=validate_certs,
                                  url_username=url_username, url_password=url_password,
                                  force_basic_auth=bool(url_username), follow_redirects="all",
-                                 timeout=timeout)
+                                 timeout=timeout, ca_path=ca_path)
+    except (socket.timeout, TimeoutError):
+        raise SourceError("no answer from %s for %s s (timeout)" % (host_of(url), timeout))
     except Exception as exc:  # urllib raises HTTPError, URLError, SSLError, socket errors...
-        raise SourceError("cannot open %s: %s" % (_redact(url), exc))
+        raise SourceError("cannot open %s: %s" % (_redact(url), _without_secrets(str(exc), url)))
     length = response.headers.get("Content-Length") if hasattr(response, "headers") else None
-    return response, int(length) if length and length.isdigit() else None
+    final_url = response.geturl() if hasattr(response, "geturl") else url
+    return _NetworkBody(response, final_url or url, timeout), int(length) if length and length.isdigit() else None
 
 
-def _redact(url):
-    parts = urlsplit(url)
-    query = [(k, "***" if k == "session_id" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), parts.fragment))
+def _without_secrets(text, url):
+    for secret in sorted(source_secrets(url), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 def open_raw(src, open_url_func=None, **url_options):
@@ -207,9 +309,10 @@ def _is_fifo(st):
 
 
 def describe_source(src):
-    """What identifies this source across reruns (for the manifest)."""
+    """What identifies this source across reruns (for the manifest and messages); a URL is
+    redacted (no credentials, no session_id)."""
     if src == "-" or is_url(src):
-        return {"src": _redact(src) if is_url(src) else src}
+        return {"src": redacted_source(src)}
     st = os.stat(src)
     return {"src": os.path.abspath(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
