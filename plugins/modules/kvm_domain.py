@@ -96,8 +96,12 @@ options:
     type: str
   firmware:
     description:
-      - V(bios) (SeaBIOS) or V(uefi) (OVMF chosen by libvirt's firmware autoselection, secure boot
-        off), instead of C(spec.firmware).
+      - V(bios) (SeaBIOS) or V(uefi) (OVMF chosen by libvirt's firmware autoselection), instead
+        of C(spec.firmware).
+      - With V(uefi), UEFI Secure Boot follows C(spec.secure_boot) (the Xen VM's
+        C(platform:secureboot=true)) - OVMF's Secure Boot build with Microsoft's keys enrolled,
+        SMM on, machine C(q35) - and is off otherwise. Set C(spec.secure_boot) to false to boot
+        such a guest without it.
     type: str
     choices: [bios, uefi]
   graphics:
@@ -151,6 +155,8 @@ notes:
     uuid) unless another domain already uses it.
   - Changing a running domain changes its stored definition only; RV(restart_needed) tells when it
     needs a restart to take effect.
+  - A vTPM of the Xen VM (C(spec.vtpm)) is not carried over; the module warns, naming what the
+    guest loses with it (keys sealed in the TPM, such as BitLocker's).
 requirements:
   - Python 3.11 on the target host (Debian 12's python3, the version tested)
   - libvirt-python (Debian python3-libvirt)
@@ -250,6 +256,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.xen2kvm.migration.plugins.module_utils._module_result import exit_with_diff
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain import (
     KvmDomainError, require_libvirt, run)
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain_xml import not_carried_over
 
 
 def main():
@@ -284,6 +291,9 @@ def main():
         result = run(module.params, check_mode=module.check_mode)
     except KvmDomainError as exc:
         module.fail_json(msg=str(exc), **exc.details)
+    if module.params["state"] != "absent" and module.params.get("spec"):
+        for warning in not_carried_over(module.params["spec"]):
+            module.warn(warning)
     exit_with_diff(module, result)
 
 

@@ -90,6 +90,14 @@ spec:
     firmware:
       description: C(bios) or C(uefi).
       type: str
+    secure_boot:
+      description:
+        - Whether the UEFI VM boots with Secure Boot enforced (C(platform:secureboot=true)).
+        - C(auto) counts as false, since the export does not tell whether the pool enforced it.
+      type: bool
+    vtpm:
+      description: Whether the VM has a vTPM. Its contents are not part of the export.
+      type: bool
     pv_bootloader:
       description: PV boot loader (C(pygrub) on most PV guests).
       type: str

@@ -435,3 +435,61 @@ def test_virt_xml_validate(tmp_path, kw):
     proc = subprocess.run(["virt-xml-validate", str(path), "domain"], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, universal_newlines=True, check=False)
     assert proc.returncode == 0, proc.stdout + xml
+
+
+# ------------------------------------------------------------------ Secure Boot and vTPM (issue 7)
+
+
+def test_secure_boot_selects_enrolled_secure_ovmf_with_smm_on_q35():
+    root = build_root(dict(SPEC, firmware="uefi", secure_boot=True))
+    os_el = root.find("os")
+    assert os_el.get("firmware") == "efi"
+    assert os_el.find("type").get("machine") == "q35"
+    features = {f.get("name"): f.get("enabled") for f in os_el.findall("firmware/feature")}
+    assert features == {"secure-boot": "yes", "enrolled-keys": "yes"}
+    assert root.find("features/smm").get("state") == "on"
+    assert os_el.find("loader") is None  # libvirt's firmware autoselection picks the build
+
+
+def test_secure_boot_only_with_uefi_and_never_on_pc():
+    root = build_root(dict(SPEC, firmware="uefi", secure_boot=False))
+    assert root.find("os/firmware/feature[@name='secure-boot']").get("enabled") == "no"
+    assert root.find("features/smm") is None
+    bios = build_root(dict(SPEC, firmware="bios", secure_boot=True))  # Xen only enforces it with UEFI
+    assert bios.find("os/firmware") is None and bios.find("features/smm") is None
+    with pytest.raises(dx.DomainXMLError, match="Secure Boot, which needs a q35 machine"):
+        build(dict(SPEC, firmware="uefi", secure_boot=True), machine="pc")
+    kept = build_root(dict(SPEC, firmware="uefi", secure_boot=True), existing_machine="pc-q35-7.2")
+    assert kept.find("os/type").get("machine") == "pc-q35-7.2"
+
+
+def test_secure_boot_firmware_descriptor_exists_on_this_host():
+    """The autoselection above needs a descriptor with both features for q35 (Debian: ovmf)."""
+    import glob
+    import json
+    found = []
+    for path in glob.glob("/usr/share/qemu/firmware/*.json"):
+        with open(path) as handle:
+            descriptor = json.load(handle)
+        if {"secure-boot", "enrolled-keys", "requires-smm"} <= set(descriptor.get("features", [])):
+            found.append(path)
+    if not glob.glob("/usr/share/qemu/firmware/*.json"):
+        pytest.skip("no firmware descriptors (Debian package ovmf)")
+    assert found
+
+
+def test_vtpm_is_named_as_not_carried_over():
+    assert dx.not_carried_over(SPEC) == []
+    (warning,) = dx.not_carried_over(dict(SPEC, vtpm=True))
+    assert "vTPM" in warning and "not carried over" in warning and "TestVM01" in warning
+    assert "BitLocker" in warning
+
+
+@pytest.mark.skipif(not shutil.which("virt-xml-validate"), reason="virt-xml-validate missing")
+def test_virt_xml_validate_secure_boot(tmp_path):
+    xml = build(dict(SPEC, firmware="uefi", secure_boot=True), uuid="11111111-2222-3333-4444-555555555555")[0]
+    path = tmp_path / "domain.xml"
+    path.write_text(xml)
+    proc = subprocess.run(["virt-xml-validate", str(path), "domain"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, universal_newlines=True, check=False)
+    assert proc.returncode == 0, proc.stdout + xml

@@ -570,3 +570,16 @@ def test_random_byte_flips_raise_only_xva_errors(tmp_path, flips, compression, i
         convert_xva(str(xva), str(work / "o"))
     except XvaError:
         assert leftovers(work / "o") == []
+
+
+@pytest.mark.parametrize("secureboot, firmware, expected", [
+    ("true", "uefi", True), ("false", "uefi", False), ("auto", "uefi", False), ("true", "bios", False),
+    (None, "uefi", False)])
+def test_secure_boot_and_vtpm_come_from_ova_xml(tmp_path, secureboot, firmware, expected):
+    vm = VM(domain_type="hvm", firmware=firmware, secure_boot=secureboot, vtpm=expected,
+            disks=[Disk(image=bytes(MiB))])
+    xva = tmp_path / "sb.xva"
+    write_xva(str(xva), vm)
+    spec = xva_info(str(xva))["spec"]
+    assert spec["secure_boot"] is expected and spec["firmware"] == firmware
+    assert spec["vtpm"] is expected

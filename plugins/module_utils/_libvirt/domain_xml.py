@@ -119,6 +119,18 @@ def target_dev(index):
     return virtio_disk(index)
 
 
+def not_carried_over(spec):
+    """Warnings naming what the source VM has that the KVM domain will not get."""
+    warnings = []
+    if spec.get("vtpm"):
+        warnings.append(
+            "the Xen VM %r has a vTPM; it is not carried over: the KVM domain gets no TPM, and what "
+            "the guest sealed in it (BitLocker or LUKS keys bound to the TPM, measured-boot secrets, "
+            "Windows Hello credentials) is lost - have the recovery keys ready before the first boot"
+            % (spec.get("name") or ""))
+    return warnings
+
+
 def resolve_machine(requested, firmware, existing=None):
     """The machine type to write.
 
@@ -297,6 +309,12 @@ def build_domain_xml(spec, disks=None, network_map=None, default_network=None,
     if graphics not in ("none", "vnc"):
         raise DomainXMLError("graphics must be none or vnc, not %r" % graphics)
     machine = resolve_machine(machine, firmware, existing_machine)
+    # Secure Boot follows the Xen VM (platform:secureboot) and only applies to UEFI; OVMF's
+    # secure-boot build needs SMM, which only q35 has.
+    secure_boot = firmware == "uefi" and bool(spec.get("secure_boot"))
+    if secure_boot and not machine.startswith(("q35", "pc-q35-")):
+        raise DomainXMLError("the Xen VM boots with UEFI Secure Boot, which needs a q35 machine, not %r "
+                             "(set spec.secure_boot to false to boot it without)" % machine)
     disk_list = normalize_disks(disks, spec.get("disks"))
     nic_list = map_nics(spec.get("nics"), network_map, default_network)
 
@@ -316,11 +334,18 @@ def build_domain_xml(spec, disks=None, network_map=None, default_network=None,
     _sub(os_el, "type", "hvm", arch="x86_64", machine=machine)
     if firmware == "uefi":
         fw = _sub(os_el, "firmware")
-        _sub(fw, "feature", enabled="no", name="secure-boot")
+        # libvirt's firmware autoselection: with both features it picks OVMF's secure-boot build
+        # with Microsoft's keys enrolled (Debian: 40-edk2-x86_64-secure-enrolled.json), which
+        # boots Windows and shim-signed Linux guests.
+        if secure_boot:
+            _sub(fw, "feature", enabled="yes", name="enrolled-keys")
+        _sub(fw, "feature", enabled="yes" if secure_boot else "no", name="secure-boot")
 
     features = _sub(root, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
+    if secure_boot:
+        _sub(features, "smm", state="on")
 
     sockets, cores, threads = topology(vcpus, spec.get("cores_per_socket", 1))
     cpu = _sub(root, "cpu", mode="host-passthrough", migratable="on") \
