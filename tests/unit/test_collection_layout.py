@@ -423,6 +423,32 @@ def test_role_exposes_the_module_options(role):
         assert not passed - options, f"role {role.name} passes unknown {module} options {sorted(passed - options)}"
 
 
+# Role defaults that differ from the module's on purpose, and why.
+DIFFERENT_DEFAULTS = {
+    "kvm_import_boot_timeout": "a migrated guest's first boot also runs its one-shot first-boot job",
+}
+
+
+@pytest.mark.parametrize("role", ROLES, ids=[p.name for p in ROLES])
+def test_role_defaults_follow_the_module_defaults(role):
+    """A role option handed straight to a module option has the module's default (or none and is
+    omitted when unset), so the role and the module never drift apart silently."""
+    spec = _role_spec(role)
+    for module in ROLE_MODULE_TASKS[role.name]:
+        (task,) = [t for t in _role_tasks(role) if f"{FQCN}.{module}" in t]
+        options = _module_options(REPO / "plugins" / "modules" / f"{module}.py")
+        for option, value in task[f"{FQCN}.{module}"].items():
+            plain = re.fullmatch(r"\{\{ (%s_\w+) \}\}" % role.name, str(value))
+            omitted = re.fullmatch(r"\{\{ (%s_\w+) \| default\(omit\) \}\}" % role.name, str(value))
+            if omitted:
+                assert "default" not in spec[omitted.group(1)], f"{role.name}: {omitted.group(1)} has a default and default(omit)"
+            if plain and "default" in options.get(option, {}) and plain.group(1) not in DIFFERENT_DEFAULTS \
+                    and not spec[plain.group(1)].get("required"):
+                assert spec[plain.group(1)].get("default") == options[option]["default"], \
+                    f"{role.name}: {plain.group(1)} defaults to {spec[plain.group(1)].get('default')!r}, " \
+                    f"{module}'s {option} to {options[option]['default']!r}"
+
+
 def test_role_secrets_are_no_log():
     for role in ROLES:
         for name, opt in _role_spec(role).items():

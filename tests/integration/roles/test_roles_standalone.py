@@ -77,13 +77,13 @@ def test_convert_role_passes_name_template_format_and_timeout(tiny_xva, tmp_path
     assert (tmp_path / "status.json").is_file()
 
 
-def test_convert_role_sends_url_credentials_and_hides_the_password(tiny_xva, tmp_path):
+def test_convert_role_sends_url_credentials_trusts_its_ca_and_hides_the_password(tiny_xva, tmp_path):
     vm, xva = tiny_xva
-    with XapiDouble([XapiVM(vm.name, xva)], username="migrator", password="s3cr3t-pw") as xapi:
+    with XapiDouble([XapiVM(vm.name, xva)], username="migrator", password="s3cr3t-pw", tls=True) as xapi:
         url = "%s/export?uuid=%s" % (xapi.url, xapi.vms[0].uuid)
         role_vars = {"convert_src": url, "convert_dest": str(tmp_path / "images"),
                      "convert_url_username": "migrator", "convert_url_password": "s3cr3t-pw",
-                     "convert_validate_certs": False, "convert_timeout": 10}
+                     "convert_ca_path": xapi.ca_file, "convert_validate_certs": True, "convert_timeout": 10}
         saved, output = run_role("convert", role_vars, save=["convert_result"])
         assert Path(saved["convert_result"]["disks"][0]["path"]).read_bytes() == vm.disks[0].image
         assert "s3cr3t-pw" not in output
