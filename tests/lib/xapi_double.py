@@ -8,7 +8,8 @@ It behaves as XAPI is documented to, on 127.0.0.1 only:
 - ``GET /export?uuid=...|ref=...&session_id=...`` streams the VM's XVA with chunked transfer
   encoding and **no Content-Length**, after an optional redirect (XAPI redirects to the pool
   member that holds the VM), with HTTP basic auth accepted in place of a session;
-- faults on request: stop the stream after N bytes (a dropped connection), or stall after N
+- faults on request: stop the stream after N bytes (a dropped connection), reset the TCP
+  connection after N bytes, or stall after N
   bytes (the connection stays open, nothing more is sent: a hung host, or a compressor holding
   back xapi's keep-alives);
 - HTTPS with a self-signed certificate for 127.0.0.1 made by ``openssl`` in a temporary directory
@@ -20,7 +21,9 @@ import http.server
 import os
 import secrets
 import shutil
+import socket
 import ssl
+import struct
 import subprocess
 import tempfile
 import threading
@@ -50,13 +53,14 @@ class XapiDouble:
     """``with XapiDouble(vms, username="root", password="pw") as xapi: xapi.url``"""
 
     def __init__(self, vms, username="root", password="secret", redirect=True, cut_after=None,
-                 stall_after=None, tls=False):
+                 stall_after=None, tls=False, reset_after=None):
         self.vms = list(vms)
         self.username = username
         self.password = password
         self.redirect = redirect
         self.cut_after = cut_after
         self.stall_after = stall_after
+        self.reset_after = reset_after  # bytes, then a TCP reset (RST) instead of a clean close
         self.tls = tls
         self.ca_file = None
         self.sessions = set()
@@ -240,6 +244,14 @@ def _handler_for(xapi):
                             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                         self.wfile.flush()
                         xapi.released.wait()  # silent, with the connection open
+                        self.close_connection = True
+                        return
+                    if xapi.reset_after is not None and sent + len(data) > xapi.reset_after:
+                        self.wfile.write(b"%x\r\n%s" % (len(data), data[:max(xapi.reset_after - sent, 0)]))
+                        self.wfile.flush()
+                        # SO_LINGER 0: close() sends RST, as a crashed host or a middlebox would
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        self.connection.close()
                         self.close_connection = True
                         return
                     if xapi.cut_after is not None and sent + len(data) > xapi.cut_after:

@@ -73,6 +73,23 @@ def test_a_stalled_export_is_reported_as_a_timeout(exports, tmp_path, compressio
     assert os.listdir(dest) == []
 
 
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_a_reset_connection_is_reported_as_such(exports, tmp_path, compression):
+    _vm, paths = exports
+    xva = paths[compression]
+    with XapiDouble([XapiVM("TestVM01", xva)], reset_after=os.path.getsize(xva) // 2) as xapi:
+        dest = tmp_path / "o"
+        dest.mkdir()
+        with pytest.raises(XvaError) as caught:
+            convert_xva(export_url(xapi), str(dest), open_url_func=open_url,
+                        url_options={"session_id": xapi.login(), "timeout": 20})
+        host = xapi.url.split("//", 1)[1]
+    message = str(caught.value)
+    assert re.search(r"connection to %s failed after \d+ bytes: .*reset" % re.escape(host), message), message
+    assert "corrupt" not in message
+    assert os.listdir(dest) == []
+
+
 def test_default_timeout_is_documented_with_its_reason():
     from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.module import SOURCE_ARGUMENT_SPEC
     default = SOURCE_ARGUMENT_SPEC["timeout"]["default"]
@@ -160,8 +177,8 @@ def test_credentials_in_src_never_leak(exports, tmp_path, outcome):
         for secret in secrets:
             assert secret not in text, "%s shows %s" % (what, secret)
     # -vvv prints the module's invocation: the src is there, its secrets masked
-    assert '"module_args": {' in output and re.search(r'"src": "https://root:\*+@127\.0\.0\.1:\d+/export\?uuid=[^"]*'
-                                                       r'session_id=\*+"', output), output
+    masked_src = r'"src": "https://root:\*+@127\.0\.0\.1:\d+/export\?uuid=[^"]*session_id=\*+"'
+    assert '"module_args": {' in output and re.search(masked_src, output), output
     if outcome == "converted":
         manifests = [path for path in files_under(dest) if path.name.endswith(".xen2kvm.json")]
         assert manifests and "127.0.0.1" in manifests[0].read_text()
