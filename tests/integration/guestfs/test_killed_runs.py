@@ -14,8 +14,9 @@ import test_guest_mount
 from test_guest_mount import BUSYBOX, COLLECTIONS, assert_clean
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.leftovers import RunRecord, release_killed_runs
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import loops_for_file
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount, host_mount_points
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import attach, loops_for_file
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestError, GuestMount, host_mount_points
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import read_partition_table
 
 mbr_image = test_guest_mount.mbr_image  # the fixture
 
@@ -105,3 +106,32 @@ def test_a_live_run_is_left_alone_and_a_busy_leftover_goes_lazily(tmp_path, mbr_
     finally:
         if dead in host_mount_points():
             subprocess.run(["umount", "--lazy", dead], check=False)
+
+
+def test_what_cannot_be_released_is_named_with_the_commands(tmp_path, mbr_image):
+    """A loop device of the killed run that something outside its directory still holds."""
+    base = str(tmp_path / "run")
+    dead = os.path.join(base, "guest-dead")
+    os.makedirs(dead)
+    root_start = read_partition_table(mbr_image).partitions[1].start
+    record = RunRecord(dead, [mbr_image])
+    record.attaching(mbr_image, root_start)
+    record.record.update(pid=2 ** 22 + 1, start=1)  # no such process
+    with open(record.path, "w") as handle:
+        json.dump(record.record, handle)
+    loop = attach(mbr_image, offset=root_start, read_only=True)
+    elsewhere = str(tmp_path / "elsewhere")
+    os.makedirs(elsewhere)
+    subprocess.run(["mount", "-o", "ro,noload", loop.device, elsewhere], check=True)
+    try:
+        with pytest.raises(GuestError) as failed:
+            release_killed_runs([base], [mbr_image])
+        message = str(failed.value)
+        assert "was killed" in message and "%s stays attached" % loop.device in message
+        assert "losetup -d %s" % loop.device in message and "rm %s" % record.path in message
+        assert os.path.exists(record.path)  # still known to the next run
+    finally:
+        subprocess.run(["umount", elsewhere], check=False)
+        loop.detach()
+    assert loops_for_file(mbr_image) == []
+    assert release_killed_runs([base], [mbr_image]) == [] and not os.path.exists(record.path)
