@@ -191,3 +191,23 @@ def test_redacted_source_keeps_what_identifies_the_export():
     url = "https://root:p%40ss@xen1:443/export?uuid=0f5e&session_id=OpaqueRef:12ab&use_compression=zstd"
     assert redacted_source(url) == "https://xen1:443/export?uuid=0f5e&session_id=********&use_compression=zstd"
     assert redacted_source("/backup/vm.xva") == "/backup/vm.xva"
+
+
+def test_the_targets_log_line_masks_credentials_in_src(monkeypatch):
+    """AnsibleModule logs 'Invoked with ...' to the target's journal before the module's code
+    runs; the credentials inside src must already be masked there."""
+    from ansible.module_utils import basic
+    from ansible.module_utils.common.text.converters import to_bytes
+    from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.module import (
+        SOURCE_ARGUMENT_SPEC, XvaSourceModule)
+    src = "https://root:%s@xen1/export?uuid=u1&session_id=OpaqueRef:5ec12e7-1d" % PASSWORD
+    args = {"ANSIBLE_MODULE_ARGS": {"src": src, "_ansible_remote_tmp": "/tmp", "_ansible_keep_remote_files": False}}
+    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps(args)))
+    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)  # ansible-core >= 2.19
+    monkeypatch.setattr(basic, "_PARSED_MODULE_ARGS", None, raising=False)  # restored after the test
+    logged = []
+    monkeypatch.setattr(XvaSourceModule, "log", lambda self, msg, log_args=None: logged.append(msg))
+    module = XvaSourceModule(argument_spec=SOURCE_ARGUMENT_SPEC)
+    assert logged and "Invoked with" in logged[0] and "xen1/export" in logged[0]
+    assert PASSWORD not in logged[0] and "5ec12e7-1d" not in logged[0], logged[0]
+    assert {PASSWORD, "OpaqueRef:5ec12e7-1d"} <= module.no_log_values
