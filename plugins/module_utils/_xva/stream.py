@@ -270,6 +270,8 @@ def open_url(url, open_url_func, validate_certs=True, url_username=None, url_pas
     except (socket.timeout, TimeoutError):
         raise SourceError("no answer from %s for %s s (timeout)" % (host_of(url), timeout))
     except Exception as exc:  # urllib raises HTTPError, URLError, SSLError, socket errors...
+        if isinstance(getattr(exc, "reason", None), (socket.timeout, TimeoutError)):  # URLError while connecting
+            raise SourceError("no answer from %s for %s s (timeout while connecting)" % (host_of(url), timeout))
         raise SourceError("cannot open %s: %s" % (_redact(url), _without_secrets(str(exc), url)))
     length = response.headers.get("Content-Length") if hasattr(response, "headers") else None
     final_url = response.geturl() if hasattr(response, "geturl") else url
