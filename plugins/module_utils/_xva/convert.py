@@ -237,9 +237,10 @@ class Conversion:
             owned.setdefault(owner["file"], (why, owner, []))[2].append(
                 path + (" (changed since its conversion)" if changed else ""))
         for why, owner, held in owned.values():
-            problems.append("%s %s the image%s of %s: %s" % (", ".join(held), "holds" if len(held) == 1 else "hold",
-                                                         "" if len(held) == 1 else "s", why,
-                                                         _describe_manifest(owner)))
+            single = len(held) == 1
+            problems.append("%s %s the image%s of %s: %s" % (
+                ", ".join(held), "holds" if single else "hold", "" if single else "s", why,
+                _describe_manifest(owner)))
         if problems:
             raise XvaError("refusing to replace existing files, set force: true to replace them: %s; "
                            "this XVA is %s" % ("; ".join(problems), self._describe_this(xva)))
