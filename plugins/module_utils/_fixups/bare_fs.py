@@ -19,6 +19,7 @@ import struct
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import read_partition_table
 from ansible_collections.xen2kvm.migration.plugins.module_utils._interrupt import SignalGuard, temp_mark
+from ansible_collections.xen2kvm.migration.plugins.module_utils._durable import fsync_path
 
 ALIGN = 1 << 20
 SECTOR = 512
@@ -116,7 +117,7 @@ def _rebuild(path, size, plan, guard):
         os.chmod(tmp, os.stat(path).st_mode & 0o7777)
         with guard.deferred(raise_after=False):  # acted upon when the guard ends
             os.rename(tmp, path)
-            _fsync_directory(directory or ".")
+            fsync_path(directory or ".")
     except BaseException:
         with guard.deferred(raise_after=False):
             if os.path.exists(tmp):
@@ -124,11 +125,3 @@ def _rebuild(path, size, plan, guard):
         raise
     finally:
         os.close(src)
-
-
-def _fsync_directory(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

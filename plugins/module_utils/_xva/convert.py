@@ -11,6 +11,7 @@ import hashlib
 import os
 import time
 
+from ansible_collections.xen2kvm.migration.plugins.module_utils._durable import fsync_path
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva import images
 from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import describe_users, processes_using
 from ansible_collections.xen2kvm.migration.plugins.module_utils._interrupt import SignalGuard, sweep_dead_temps
@@ -316,7 +317,7 @@ class Conversion:
         for final_temp, result in finals:
             os.rename(final_temp, result["path"])
             self._temps.remove(final_temp)
-        images.fsync_directory(self.dest)
+        fsync_path(self.dest)
         disks = [result for _temp, result in finals]
         checksums = {"requested": bool(self.verify),
                      "present": any(target.verified for target in targets.values()),

@@ -20,6 +20,7 @@ import subprocess
 import time
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._interrupt import temp_mark
+from ansible_collections.xen2kvm.migration.plugins.module_utils._durable import fsync_path
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.progress import write_json_atomically
 
 FORMATS = ("raw", "qcow2")
@@ -89,23 +90,6 @@ def remove_quietly(path):
         pass
 
 
-def fsync_directory(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path):
-    """Flush a file another program wrote (qemu-img does not sync what it writes)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def make_directory_durably(directory):
     """``mkdir -p`` whose new entries survive a crash: each new directory's parent is synced."""
     missing = []
@@ -118,7 +102,7 @@ def make_directory_durably(directory):
             os.mkdir(new, 0o755)
         except FileExistsError:
             continue
-        fsync_directory(os.path.dirname(new))
+        fsync_path(os.path.dirname(new))
 
 
 def allocated_bytes(path):
@@ -141,7 +125,7 @@ def convert_raw_to_qcow2(raw_path, qcow2_path):
         raise ImageError("qemu-img convert to qcow2 failed for %s: %s"
                          % (qcow2_path, result.stderr.decode("utf-8", "replace").strip()))
     os.chmod(qcow2_path, 0o600)
-    fsync_file(qcow2_path)
+    fsync_path(qcow2_path)
 
 
 def check_qcow2(path):

@@ -17,17 +17,10 @@ import tempfile
 import threading
 import time
 
+from ansible_collections.xen2kvm.migration.plugins.module_utils._durable import fsync_path
 from ansible_collections.xen2kvm.migration.plugins.module_utils._interrupt import temp_mark
 
 INTERVAL = 1.0
-
-
-def _fsync_directory(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_json_atomically(path, payload, durable=True):
@@ -45,7 +38,7 @@ def write_json_atomically(path, payload, durable=True):
                 os.fsync(handle.fileno())
         os.rename(tmp, path)
         if durable:
-            _fsync_directory(directory)
+            fsync_path(directory)
     except BaseException:
         try:
             os.unlink(tmp)
