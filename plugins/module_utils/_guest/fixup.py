@@ -218,6 +218,8 @@ class GuestFixup:
             names, repartitioned_earlier = self._names_and_history(mount, names)
         refuse_unsupported(facts)
         changes, warnings = [], list(mount.released)
+        if self._repartition_due():
+            self._fetch_packages_into_guest(names, facts)
         repartitioned = self._bare_fs(changes) | repartitioned_earlier
         with GuestMount(self.disks, readonly=self.check_mode, devices=names, root=self.root) as mount:
             mapping = devices.DeviceMap(names, repartitioned, volume_uuids(mount, names, repartitioned))
@@ -244,6 +246,18 @@ class GuestFixup:
         if record:
             return record["xen_names"], earlier
         return names_from_fstab(mount, names), earlier
+
+    def _repartition_due(self):
+        return ("bare_fs" in self.enabled and not self.check_mode
+                and bare_fs.bare_root_filesystem(self.disks[0]) is not None)
+
+    def _fetch_packages_into_guest(self, names, facts):
+        """Repartitioning is the first change: the packages the fixups need go into the guest's
+        package cache before it, so an offline host fails with the disk as it was."""
+        with GuestMount(self.disks, readonly=False, devices=names, root=self.root) as mount:
+            editor = GuestEditor(mount.root, False, run=mount.run_in_chroot)
+            with GuestApt(editor, mount.run_in_chroot, **self.apt_options) as apt:
+                apt.fetch_first(*packages_needed(facts, self.enabled, self.firmware))
 
     def _bare_fs(self, changes):
         if "bare_fs" not in self.enabled:

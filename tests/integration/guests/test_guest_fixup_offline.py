@@ -27,6 +27,7 @@ import guest_factory
 from qemu_boot import QemuGuest
 from test_guest_fixup_boot import run_logged_in
 
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups.bare_fs import bare_root_filesystem
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.edit import GuestEditor
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import fix_guest
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import loops_for_file
@@ -78,9 +79,9 @@ def package_dir(tmp_path_factory):
     return DEB_CACHE
 
 
-def offline_guest(tmp_path):
-    """deb12-pv whose own package sources are unreachable."""
-    guest = build_or_skip("deb12-pv", tmp_path / "build")
+def offline_guest(tmp_path, variant="deb12-pv"):
+    """A test guest whose own package sources are unreachable."""
+    guest = build_or_skip(variant, tmp_path / "build")
     with GuestMount(guest.disks) as mount:
         with open(mount.guest_path("/etc/apt/sources.list"), "w") as handle:
             handle.write(DEAD_SOURCES)
@@ -137,6 +138,23 @@ def test_unreachable_sources_change_nothing(tmp_path):
     assert after["files"] == before["files"]  # the pygrub menu is still there
     assert after["left"] == [] and not after["backups"]
     nothing_left_behind(image)
+
+
+def test_unreachable_sources_leave_a_bare_filesystem_disk_unpartitioned(tmp_path):
+    """Repartitioning a bare root filesystem is the first change, so the packages must be at
+    hand before it: an offline host leaves the disk a bare filesystem, its files as they were."""
+    guest = offline_guest(tmp_path, "deb12-pv-bare")
+    images = [str(disk) for disk in guest.disks]
+    before = guest_state(images[0])
+    sizes = [os.path.getsize(image) for image in images]
+    failed = ansible_run.run_module("guest_fixup", {"disks": images}, expect_fail=True)
+    assert "cannot download grub-pc" in failed["msg"] and "nothing was changed" in failed["msg"]
+    assert bare_root_filesystem(images[0]) is not None, "the disk was repartitioned"
+    assert [os.path.getsize(image) for image in images] == sizes
+    after = guest_state(images[0])
+    assert after["files"] == before["files"] and after["left"] == [] and not after["backups"]
+    for image in images:
+        nothing_left_behind(image)
 
 
 def test_package_dir_without_a_dependency_changes_nothing(tmp_path, package_dir):
