@@ -317,7 +317,8 @@ def test_role_argument_specs(role):
                 f"{spec_file}: {entry_point}.options.{opt} needs a description"
 
 
-ROLE_MODULE_TASKS = {"convert": ["xva_convert"], "fixup": ["guest_fixup"], "kvm_import": ["kvm_domain", "kvm_boot_check"]}
+ROLE_MODULE_TASKS = {"convert": ["xva_convert"], "fixup": ["guest_fixup"], "kvm_import": ["kvm_domain", "kvm_boot_check"],
+                     "xen_source": ["naubackup_find", "xva_info"], "kvm_host": ["kvm_pool"]}
 # Module options a role sets itself or leaves to the module, and why.
 NOT_EXPOSED = {
     "kvm_domain": {"state": "the role defines the domain; kvm_boot_check starts it",
