@@ -317,8 +317,6 @@ def test_role_argument_specs(role):
                 f"{spec_file}: {entry_point}.options.{opt} needs a description"
 
 
-ROLE_MODULE_TASKS = {"convert": ["xva_convert"], "fixup": ["guest_fixup"], "kvm_import": ["kvm_domain", "kvm_boot_check"],
-                     "xen_source": ["naubackup_find", "xva_info"], "kvm_host": ["kvm_pool"]}
 # Module options a role sets itself or leaves to the module, and why.
 NOT_EXPOSED = {
     "kvm_domain": {"state": "the role defines the domain; kvm_boot_check starts it",
@@ -352,6 +350,14 @@ class _AnyName(dict):
 
     def get(self, name, default=None):
         return super().get(name) or (lambda *args, **kwargs: None)
+
+
+def _module_tasks(role):
+    """(module name, its arguments) of each task of the role that calls one of the collection's modules."""
+    for task in _role_tasks(role):
+        for key, args in task.items():
+            if key.startswith(FQCN + ".") and (REPO / "plugins" / "modules" / f"{key[len(FQCN) + 1:]}.py").is_file():
+                yield key[len(FQCN) + 1:], args
 
 
 def _jinja_variables(value):
@@ -414,10 +420,8 @@ def test_role_tasks_read_only_their_own_options(role):
 
 @pytest.mark.parametrize("role", ROLES, ids=[p.name for p in ROLES])
 def test_role_exposes_the_module_options(role):
-    tasks = _role_tasks(role)
-    for module in ROLE_MODULE_TASKS[role.name]:
-        (task,) = [t for t in tasks if f"{FQCN}.{module}" in t]
-        passed = set(task[f"{FQCN}.{module}"])
+    for module, args in _module_tasks(role):
+        passed = set(args)
         options = set(_module_options(REPO / "plugins" / "modules" / f"{module}.py"))
         left_out = options - passed - set(NOT_EXPOSED.get(module, {}))
         assert not left_out, f"role {role.name} does not expose {module} options {sorted(left_out)}"
@@ -435,10 +439,9 @@ def test_role_defaults_follow_the_module_defaults(role):
     """A role option handed straight to a module option has the module's default (or none and is
     omitted when unset), so the role and the module never drift apart silently."""
     spec = _role_spec(role)
-    for module in ROLE_MODULE_TASKS[role.name]:
-        (task,) = [t for t in _role_tasks(role) if f"{FQCN}.{module}" in t]
+    for module, args in _module_tasks(role):
         options = _module_options(REPO / "plugins" / "modules" / f"{module}.py")
-        for option, value in task[f"{FQCN}.{module}"].items():
+        for option, value in args.items():
             plain = re.fullmatch(r"\{\{ (%s_\w+) \}\}" % role.name, str(value))
             omitted = re.fullmatch(r"\{\{ (%s_\w+) \| default\(omit\) \}\}" % role.name, str(value))
             if omitted:
