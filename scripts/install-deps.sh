@@ -16,9 +16,11 @@ DEB_PACKAGES=(
   python3-xxhash python3-zstandard python3-libvirt python3-venv
   xva-img debootstrap fdisk
   libvirt-daemon-system libvirt-clients ovmf
-  e2fsprogs dosfstools libxml2-utils util-linux rsync
+  e2fsprogs dosfstools libxml2-utils util-linux rsync openssh-client
   # used by the test suites (guest file systems, initramfs listing) and by make sanity
   xfsprogs btrfs-progs initramfs-tools-core busybox-static
+  # a real sshd on 127.0.0.1 for the ssh:// source and the transfer role's tests
+  openssh-server
   git make shellcheck
 )
 

@@ -15,8 +15,19 @@ options:
   src:
     description:
       - The XVA. A path on the target host, C(-) for standard input, a FIFO (for example fed by
-        C(xe vm-export filename= ...)), or an C(http://) or C(https://) URL such as XAPI's
-        C(/export?uuid=...). Plain, gzip and zstd streams are recognised by their magic bytes.
+        C(xe vm-export filename= ...)), an C(http://) or C(https://) URL such as XAPI's
+        C(/export?uuid=...), or a file on another host read over SSH, as
+        C(ssh://[user@]host[:port]/absolute/path) or C([user@]host:/absolute/path). Plain, gzip
+        and zstd streams are recognised by their magic bytes.
+      - The C([user@]host:/path) spelling is taken for a remote file only when the part before
+        the colon looks like a host name or address, the part after it is an absolute path, and
+        no local file of that name exists; C(ssh://) is never ambiguous. The path in an
+        C(ssh://) URL is percent-decoded.
+      - An SSH source runs the system C(ssh) client on the target host in batch mode (never
+        a password or passphrase prompt, so a key, O(ssh_private_key) or an agent is needed, and
+        the remote host key must be in known_hosts unless O(ssh_options) says otherwise) as
+        C(ssh -- host cat -- PATH); nothing is copied to the target host. Closing early or
+        failing kills and reaps ssh.
       - Redirects are followed and no Content-Length is needed.
       - A password in the URL (C(https://user:pass@host/...)) and the values of C(session_id) and
         other credential-like query parameters are masked in the module result (also in
@@ -58,4 +69,17 @@ options:
         minutes is enough. See the collection's docs/sources.md.
     type: int
     default: 1800
+  ssh_options:
+    description:
+      - Extra options for C(ssh -o) when O(src) is an SSH source, for example
+        C(StrictHostKeyChecking=yes) or C(UserKnownHostsFile=/etc/xen2kvm/known_hosts).
+      - Always set are C(BatchMode=yes), C(ConnectTimeout) (O(timeout), at most 30 s) and
+        keep-alives that give up after O(timeout) seconds without an answer.
+    type: list
+    elements: str
+  ssh_private_key:
+    description:
+      - A private key file on the target host for an SSH source (C(ssh -i), with
+        C(IdentitiesOnly=yes)). Only the path appears in commands and messages.
+    type: path
 """

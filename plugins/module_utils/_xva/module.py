@@ -20,13 +20,18 @@ SOURCE_ARGUMENT_SPEC = dict(
     url_password=dict(type="str", no_log=True),
     session_id=dict(type="str", no_log=True),
     timeout=dict(type="int", default=DEFAULT_TIMEOUT),
+    ssh_options=dict(type="list", elements="str"),
+    # A path, not the key: nothing to mask (no_log=False says so to sanity's no_log check).
+    ssh_private_key=dict(type="path", no_log=False),
 )
 
 URL_OPTION_NAMES = ("validate_certs", "ca_path", "url_username", "url_password", "session_id", "timeout")
+SSH_OPTION_NAMES = ("ssh_options", "ssh_private_key")
 
 
 def url_options(params):
-    return {key: params[key] for key in URL_OPTION_NAMES}
+    """The options that say how to open ``src``: the HTTP ones and the ssh ones."""
+    return {key: params[key] for key in URL_OPTION_NAMES + SSH_OPTION_NAMES}
 
 
 def protect_source_secrets(module):

@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: xen2kvm developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Where an XVA stream comes from: a file, a pipe (``-`` or a FIFO) or XAPI's HTTP ``/export``.
+"""Where an XVA stream comes from: a file, a pipe (``-`` or a FIFO), XAPI's HTTP ``/export``, or a
+file on another host read over SSH (``ssh://[user@]host[:port]/path`` or ``[user@]host:/path``).
 
 Compression wraps the whole stream and is recognised by its magic bytes, never by the file
 name: ``xe vm-export compress=true`` writes gzip, ``compress=zstd`` writes zstd, and both are
@@ -15,7 +16,10 @@ __metaclass__ = type
 import http.client
 import io
 import re
+import shlex
 import socket
+import subprocess
+import tempfile
 import ssl
 import zlib
 import os
@@ -47,6 +51,14 @@ DEFAULT_TIMEOUT = 1800
 # Query parameters whose values are credentials (xapi's session_id, and what other tools put in URLs).
 _SECRET_QUERY_KEY = re.compile(r"session|pass|pwd|token|secret|key|auth|sig|cred", re.IGNORECASE)
 REDACTED = "********"
+# ssh is given at most this long to connect; the source's ``timeout`` (long by default, for silent
+# HTTP exports) would otherwise leave a dead host hanging for half an hour.
+SSH_MAX_CONNECT_TIMEOUT = 30
+SSH_KEEPALIVE_INTERVAL = 15
+# scp's spelling: ``[user@]host:/absolute/path``; a host is a name, an IPv4 address or a
+# bracketed IPv6 address, never anything with a slash (``./a:/b`` is a local path).
+_SCP_STYLE = re.compile(r"^(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9_.-]*)@)?"
+                        r"(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]):(?P<path>/.*)$")
 
 
 class SourceError(ValueError):
@@ -62,6 +74,70 @@ class MissingLibraryError(SourceError):
 
 def is_url(src):
     return src.startswith(("http://", "https://"))
+
+
+class SshSource:
+    """Where a file on another host is: ``user`` and ``port`` are None for ssh's own defaults."""
+
+    def __init__(self, host, path, user=None, port=None):
+        self.host = host
+        self.path = path
+        self.user = user
+        self.port = port
+
+    def url(self):
+        """The source as an ``ssh://`` URL, the one spelling used in messages and manifests."""
+        netloc = ("%s@" % self.user if self.user else "") + self.host + (":%d" % self.port if self.port else "")
+        return "ssh://%s%s" % (netloc, quote(self.path))
+
+    def label(self):
+        return "%s%s:%s" % ("%s@" % self.user if self.user else "", self.host, self.path)
+
+
+def is_ssh_source(src):
+    """Whether ``src`` names a file on another host.
+
+    ``ssh://...`` always does.  ``[user@]host:/path`` (scp's spelling) does only when the part
+    before the colon looks like a host name or address, the part after it is an absolute path,
+    and no local file of that name exists: ``backup:/x.xva`` in the current directory, or
+    ``./vm:1.xva``, stay local paths; anything with ``://`` is a URL, never scp's spelling.
+    """
+    src = os.fspath(src)
+    if src.startswith("ssh://"):
+        return True
+    if "://" in src:  # http://, https:// and schemes nobody supports are no scp spelling
+        return False
+    return bool(_SCP_STYLE.match(src)) and not os.path.lexists(src)
+
+
+def _ssh_host_only(src):
+    """An ``ssh://`` URL cut down to its host, for messages about a URL that does not parse."""
+    return "ssh://%s" % urlsplit(src).netloc.rsplit("@", 1)[-1]
+
+
+def parse_ssh_source(src):
+    """An :class:`SshSource` from ``ssh://[user@]host[:port]/abs/path`` or ``[user@]host:/abs/path``."""
+    src = os.fspath(src)
+    if not src.startswith("ssh://"):
+        match = _SCP_STYLE.match(src)
+        if not match:
+            raise SourceError("%s is not an ssh source ([user@]host:/absolute/path)" % src)
+        return SshSource(match.group("host").strip("[]"), match.group("path"), match.group("user"))
+    parts = urlsplit(src)
+    if parts.password is not None:
+        raise SourceError("an ssh:// source takes no password (ssh runs in batch mode): use a key, "
+                          "ssh_private_key or the ssh agent")
+    if not parts.hostname:
+        raise SourceError("%s names no host" % _ssh_host_only(src))
+    try:
+        port = parts.port
+    except ValueError:
+        raise SourceError("%s: the port is not a number from 1 to 65535" % _ssh_host_only(src))
+    path = unquote(parts.path)
+    if not path.startswith("/") or path == "/" or parts.query or parts.fragment:
+        raise SourceError("%s: an ssh:// source is ssh://[user@]host[:port]/absolute/path to the XVA "
+                          "(no query, no fragment)" % _ssh_host_only(src))
+    return SshSource(parts.hostname, path, unquote(parts.username) if parts.username else None, port)
 
 
 class CountingReader(io.RawIOBase):
@@ -177,6 +253,11 @@ def redacted_source(src):
     """``src`` fit for messages, warnings, status and manifest files: a URL loses its user
     information and the values of credential-like query parameters (``session_id``...)."""
     src = os.fspath(src)
+    if is_ssh_source(src):
+        try:
+            return parse_ssh_source(src).url()
+        except SourceError:
+            return _ssh_host_only(src) if src.startswith("ssh://") else src
     if not is_url(src):
         return src
     parts = urlsplit(src)
@@ -192,7 +273,7 @@ def source_secrets(src):
     """The credentials inside ``src`` (a URL's password and credential-like query values), in
     every spelling they may be printed in, for Ansible's ``no_log_values``."""
     src = os.fspath(src)
-    if not is_url(src):
+    if not (is_url(src) or src.startswith("ssh://")):
         return set()
     parts = urlsplit(src)
     found = set()
@@ -284,10 +365,126 @@ def _without_secrets(text, url):
     return text
 
 
-def open_raw(src, open_url_func=None, **url_options):
+class _SshBody(io.RawIOBase):
+    """The standard output of ``ssh HOST cat -- PATH``.  At its end ssh's exit status decides
+    whether the stream was complete; closing it early kills and reaps ssh."""
+
+    def __init__(self, process, stderr, source):
+        io.RawIOBase.__init__(self)
+        self._process = process
+        self._stderr = stderr
+        self._source = source
+        self.received = 0
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        data = self._process.stdout.read(size if size is not None and size >= 0 else -1)
+        if not data:
+            self._check_exit()
+        self.received += len(data)
+        return data
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def _check_exit(self):
+        code = self._process.wait()
+        if code != 0:
+            raise SourceError(ssh_failure_message(self._source, code, self._stderr_text(), self.received))
+
+    def _stderr_text(self):
+        self._stderr.seek(0)
+        return self._stderr.read(65536).decode("utf-8", "replace")
+
+    def close(self):
+        if self.closed:
+            return
+        try:
+            if self._process.poll() is None:
+                self._process.kill()  # we stop reading; without this ssh would block on a full pipe
+            self._process.stdout.close()
+            self._process.wait()
+            self._stderr.close()
+        finally:
+            io.RawIOBase.close(self)
+
+
+def ssh_failure_message(source, code, stderr, received=0):
+    """What went wrong reading ``source`` over ssh, from its exit status and standard error."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = "; ".join(lines[-3:]) or "no message"
+    where = source.url()
+    if code == 255:  # ssh itself failed: connection, authentication or host key
+        hint = ""
+        if "Permission denied" in said:
+            hint = " (the key was refused: check ssh_private_key and the remote authorized_keys)"
+        elif "Host key verification failed" in said or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
+            hint = " (the host key is unknown or changed: add it to known_hosts on this host)"
+        elif "Connection refused" in said:
+            hint = " (nothing listens on the ssh port)"
+        elif "timed out" in said:
+            hint = " (no answer)"
+        return "cannot reach %s over ssh for %s%s: %s" % (source.host, where, hint, said)
+    if received:
+        return "reading %s over ssh broke off after %d bytes (ssh exit %d): %s" % (where, received, code, said)
+    return "cannot read %s over ssh (exit %d): %s" % (where, code, said)
+
+
+def ssh_command(source, ssh_options=None, ssh_private_key=None, timeout=DEFAULT_TIMEOUT):
+    """The argv that prints the remote file on standard output: the system ssh in batch mode
+    (never a password or passphrase prompt), no tty, ``--`` before the destination."""
+    connect = max(1, min(int(timeout or SSH_MAX_CONNECT_TIMEOUT), SSH_MAX_CONNECT_TIMEOUT))
+    keepalives = max(1, int(timeout or DEFAULT_TIMEOUT) // SSH_KEEPALIVE_INTERVAL)
+    argv = ["ssh", "-T", "-x", "-a", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % connect,
+            "-o", "ServerAliveInterval=%d" % SSH_KEEPALIVE_INTERVAL, "-o", "ServerAliveCountMax=%d" % keepalives,
+            "-o", "LogLevel=ERROR"]
+    if ssh_private_key:
+        argv += ["-i", os.fspath(ssh_private_key), "-o", "IdentitiesOnly=yes"]
+    for option in ssh_options or ():
+        if not _looks_like_ssh_option(option):
+            raise SourceError("ssh_options takes ssh -o options such as StrictHostKeyChecking=yes, not %r" % option)
+        argv += ["-o", option]
+    if source.port:
+        argv += ["-p", str(source.port)]
+    if source.user:
+        argv += ["-l", source.user]
+    return argv + ["--", source.host, "cat -- %s" % shlex.quote(source.path)]
+
+
+def _looks_like_ssh_option(option):
+    """``Keyword=value`` or ``Keyword value``, as ``ssh -o`` takes it; never another ssh flag."""
+    return bool(re.match(r"^[A-Za-z][A-Za-z0-9]*\s*[=\s]\s*\S", option or ""))
+
+
+def open_ssh(src, ssh_options=None, ssh_private_key=None, timeout=DEFAULT_TIMEOUT):
+    """Start ssh and return its output as a raw stream; the size stays unknown (finding it
+    would cost another connection)."""
+    source = parse_ssh_source(src)
+    argv = ssh_command(source, ssh_options, ssh_private_key, timeout)
+    stderr = tempfile.TemporaryFile()  # a file, not a pipe: a chatty ssh can never block on it
+    try:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+                                   bufsize=0, close_fds=True)  # restore_signals: ssh gets SIGPIPE back
+    except OSError as exc:
+        stderr.close()
+        if isinstance(exc, FileNotFoundError):
+            raise SourceError("cannot read %s: the ssh client is not installed on this host (Debian: "
+                              "openssh-client)" % source.label())
+        raise SourceError("cannot start ssh for %s: %s" % (source.label(), exc.strerror or exc))
+    return _SshBody(process, stderr, source)
+
+
+def open_raw(src, open_url_func=None, ssh_options=None, ssh_private_key=None, **url_options):
     """A CountingReader over the raw (possibly compressed) bytes of ``src``."""
     if src == "-":
         return CountingReader(sys.stdin.buffer)
+    if is_ssh_source(src):
+        return CountingReader(open_ssh(src, ssh_options, ssh_private_key,
+                                       url_options.get("timeout", DEFAULT_TIMEOUT)))
     if is_url(src):
         if open_url_func is None:
             raise SourceError("no HTTP client given for %s" % _redact(src))
@@ -313,7 +510,7 @@ def _is_fifo(st):
 def describe_source(src):
     """What identifies this source across reruns (for the manifest and messages); a URL is
     redacted (no credentials, no session_id)."""
-    if src == "-" or is_url(src):
+    if src == "-" or is_url(src) or is_ssh_source(src):
         return {"src": redacted_source(src)}
     st = os.stat(src)
     return {"src": os.path.abspath(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
