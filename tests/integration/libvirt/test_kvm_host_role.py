@@ -25,8 +25,8 @@ def installed(packages):
     return {line.split()[0] for line in proc.stdout.splitlines() if line.split()[1:2] == ["ii"]}
 
 
-@pytest.fixture
-def pool_name(conn):
+@pytest.fixture(name="pool_name")
+def pool_name_fixture(conn):
     name = "x2k-it-hostpool-%s" % uuid.uuid4().hex[:8]
     yield name
     try:
@@ -62,7 +62,7 @@ def test_kvm_host_role_twice_second_run_changes_nothing(conn, pool_name, qemu_tm
         assert second[name].get("changed") is False, (name, second[name])
 
 
-def test_kvm_host_role_without_libvirtd_answering_fails_clearly(qemu_tmp, libvirt_uri):
+def test_kvm_host_role_without_libvirtd_answering_fails_clearly(qemu_tmp):
     if set(PACKAGES) - installed(PACKAGES):
         pytest.skip("packages missing")
     _saved, out = run_role("kvm_host", {"kvm_host_update_cache": False, "kvm_host_optional_packages": [],

@@ -12,8 +12,8 @@ libvirt = pytest.importorskip("libvirt")
 XEN_UUID = "3f8e0b5a-8d0c-4c57-9e57-0d5e2a5f0a11"
 
 
-@pytest.fixture
-def pool_name(conn):
+@pytest.fixture(name="pool_name")
+def pool_name_fixture(conn):
     name = "x2k-it-pool-%s" % uuid.uuid4().hex[:8]
     yield name
     try:
