@@ -1,6 +1,9 @@
 """The xen_source role alone through ansible-playbook: it resolves the XVA (given, or the newest
 finished NAUBackup export), checks it, reads its spec and sets its three facts."""
 
+import os
+import shutil
+
 import pytest
 
 from role_run import run_role
@@ -74,3 +77,32 @@ def test_name_mismatch_fails_unless_allowed(tmp_path):
     saved, _out = run_role("xen_source", {"xen_source_vm": "db01", "xen_source_xva": str(xva),
                                           "xen_source_allow_name_mismatch": True}, save=FACTS)
     assert saved["xen_source_spec"]["name"] == "other"
+
+
+def test_ssh_source_is_not_stat_locally_and_its_spec_is_read(tmp_path):
+    """An ssh:// source (another host; here a real sshd on 127.0.0.1) is handed to xva_info with
+    the ssh options, not looked for on the KVM host."""
+    sshd_lib = pytest.importorskip("sshd")
+    if not shutil.which("sshd") and not os.path.exists("/usr/sbin/sshd"):
+        pytest.skip("openssh-server not installed")
+    server = sshd_lib.LoopbackSshd(tmp_path / "sshd").start()
+    try:
+        xva = tmp_path / "remote web.xva"
+        write_xva(str(xva), make_vm("remote web"), checksum="xxhash", compression="zstd")
+        src = server.url(str(xva))
+        saved, _out = run_role("xen_source", {"xen_source_vm": "remote web", "xen_source_xva": src,
+                                              "xen_source_ssh_options": server.client_options,
+                                              "xen_source_ssh_private_key": str(server.client_key),
+                                              "xen_source_timeout": 20}, save=FACTS + ["xen_source_xva_stat"])
+        scp_like = "root@127.0.0.1:%s" % xva
+        scp_saved, _out = run_role("xen_source", {
+            "xen_source_vm": "remote web", "xen_source_xva": scp_like,
+            "xen_source_ssh_options": server.client_options + ["Port=%d" % server.port],
+            "xen_source_ssh_private_key": str(server.client_key)}, save=FACTS + ["xen_source_xva_stat"])
+    finally:
+        server.stop()
+    assert saved["xen_source_xva_stat"]["skipped"] is True
+    assert saved["xen_source_xva_src"] == src and saved["xen_source_spec"]["name"] == "remote web"
+    assert int(saved["xen_source_disk_bytes"]) == 11 * MiB
+    assert scp_saved["xen_source_xva_stat"]["skipped"] is True and scp_saved["xen_source_xva_src"] == scp_like
+    assert scp_saved["xen_source_spec"]["name"] == "remote web"
