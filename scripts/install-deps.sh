@@ -21,6 +21,8 @@ DEB_PACKAGES=(
   xfsprogs btrfs-progs initramfs-tools-core busybox-static
   # a real sshd on 127.0.0.1 for the ssh:// source and the transfer role's tests
   openssh-server
+  # the apt module (kvm_host role test) needs the python3 apt binding
+  python3-apt
   git make shellcheck
 )
 
