@@ -19,6 +19,7 @@ REQUIRED = {
     "convert": ["convert_src"],
     "fixup": ["fixup_disks"],
     "kvm_import": ["kvm_import_spec", "kvm_import_disks"],
+    "transfer": ["transfer_source"],
     "xen_source": ["xen_source_vm"],
 }
 

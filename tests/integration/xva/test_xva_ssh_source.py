@@ -20,7 +20,7 @@ from xva_writer import VM, Disk, write_xva
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva, xva_info
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader import XvaError
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.stream import (
-    describe_source, is_ssh_source, parse_ssh_source, redacted_source)
+    describe_source, is_ssh_source, open_raw, parse_ssh_source, redacted_source)
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[3]
@@ -153,10 +153,13 @@ class HalfFeed(threading.Thread):
         self.start()
 
     def run(self):
-        with open(self.fifo, "wb") as pipe:
-            pipe.write(self.data[:len(self.data) // 2])
-            pipe.flush()
-            self.done.wait(120)
+        try:
+            with open(self.fifo, "wb") as pipe:
+                pipe.write(self.data[:len(self.data) // 2])
+                pipe.flush()
+                self.done.wait(120)
+        except BrokenPipeError:
+            pass  # the reader went away: what the tests make happen
 
     def stop(self):
         self.done.set()
@@ -190,3 +193,20 @@ def test_an_interrupted_conversion_leaves_no_ssh_process(sshd, exports, tmp_path
     assert json.loads(out)["failed"] is True
     for pid in children:
         assert not os.path.exists("/proc/%d" % pid), "ssh %d outlived the module" % pid
+
+
+def test_closing_a_source_early_kills_and_reaps_ssh(sshd, exports, tmp_path):
+    """No zombie while this process lives: the ssh child's /proc entry is gone after close()."""
+    fifo = tmp_path / "slow.pipe"
+    os.mkfifo(fifo)
+    feed = HalfFeed(fifo, exports[None].read_bytes())
+    try:
+        raw = open_raw(sshd.url(str(fifo)), ssh_options=sshd.client_options, ssh_private_key=str(sshd.client_key))
+        assert raw.read(512)  # the stream is flowing
+        children = ssh_children_of(os.getpid())
+        assert children
+        raw.close()
+        for pid in children:
+            assert not os.path.exists("/proc/%d" % pid), Path("/proc/%d/status" % pid).read_text()
+    finally:
+        feed.stop()
