@@ -418,6 +418,8 @@ def ssh_failure_message(source, code, stderr, received=0):
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     said = "; ".join(lines[-3:]) or "no message"
     where = source.url()
+    if received:  # the connection or the remote command died midway
+        return "reading %s over ssh broke off after %d bytes (ssh exit %d): %s" % (where, received, code, said)
     if code == 255:  # ssh itself failed: connection, authentication or host key
         hint = ""
         if "Permission denied" in said:
@@ -429,8 +431,6 @@ def ssh_failure_message(source, code, stderr, received=0):
         elif "timed out" in said:
             hint = " (no answer)"
         return "cannot reach %s over ssh for %s%s: %s" % (source.host, where, hint, said)
-    if received:
-        return "reading %s over ssh broke off after %d bytes (ssh exit %d): %s" % (where, received, code, said)
     return "cannot read %s over ssh (exit %d): %s" % (where, code, said)
 
 

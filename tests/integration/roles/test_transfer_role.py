@@ -80,20 +80,19 @@ def test_stream_mode_gives_the_convert_role_an_ssh_source(sshd, remote_xva, tmp_
     scp = "root@127.0.0.1:%s" % remote_xva
     dest = tmp_path / "images"
     # ssh's port for the scp spelling comes from an ssh option, as with scp; the convert role
-    # gets the same ssh options through module_defaults.
+    # gets the same ssh options.
     options = sshd.client_options + ["Port=%d" % sshd.port]
     out = tmp_path / "saved.json"
     rc, output = play([{
         "hosts": "localhost", "gather_facts": False,
         "vars": {"ansible_python_interpreter": "/usr/bin/python3"},
-        "module_defaults": {"xen2kvm.migration.xva_convert": {
-            "ssh_options": options, "ssh_private_key": str(sshd.client_key)}},
         "tasks": [
             {"name": "transfer", "ansible.builtin.include_role": {"name": "xen2kvm.migration.transfer"},
              "vars": {"transfer_source": scp, "transfer_ssh_options": options,
                       "transfer_ssh_private_key": str(sshd.client_key)}},
             {"name": "convert", "ansible.builtin.include_role": {"name": "xen2kvm.migration.convert"},
-             "vars": {"convert_src": "{{ transfer_xva_src }}", "convert_dest": str(dest)}},
+             "vars": {"convert_src": "{{ transfer_xva_src }}", "convert_dest": str(dest),
+                      "convert_ssh_options": options, "convert_ssh_private_key": str(sshd.client_key)}},
             {"name": "save", "ansible.builtin.copy": {
                 "content": "{{ {'src': transfer_xva_src, 'result': convert_result} | to_json }}", "dest": str(out),
                 "mode": "0600"}},
