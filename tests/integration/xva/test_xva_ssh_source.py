@@ -20,7 +20,7 @@ from xva_writer import VM, Disk, write_xva
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva, xva_info
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader import XvaError
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.stream import (
-    describe_source, is_ssh_source, open_raw, parse_ssh_source, redacted_source)
+    SourceError, describe_source, is_ssh_source, open_raw, parse_ssh_source, redacted_source)
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[3]
@@ -210,3 +210,41 @@ def test_closing_a_source_early_kills_and_reaps_ssh(sshd, exports, tmp_path):
             assert not os.path.exists("/proc/%d" % pid), Path("/proc/%d/status" % pid).read_text()
     finally:
         feed.stop()
+
+
+def remote_cat_of(path):
+    """The pid of the ``cat -- PATH`` our sshd started for a test (found in /proc)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path("/proc", entry, "cmdline").read_bytes().split(b"\0")[:3] == [b"cat", b"--", os.fsencode(path)]:
+                    return int(entry)
+            except OSError:
+                continue
+    return None
+
+
+def test_a_stream_that_dies_midway_says_how_far_it_got(sshd, exports, tmp_path):
+    fifo = tmp_path / "dying.pipe"
+    os.mkfifo(fifo)
+    feed = HalfFeed(fifo, exports[None].read_bytes())
+    try:
+        raw = open_raw(sshd.url(str(fifo)), ssh_options=sshd.client_options, ssh_private_key=str(sshd.client_key))
+        got = raw.read(4096)
+        assert got
+        os.kill(remote_cat_of(fifo), signal.SIGKILL)  # the remote side dies, as a rebooted host would
+        with pytest.raises(SourceError) as caught:
+            while raw.read(1 << 20):
+                pass
+        raw.close()
+    finally:
+        feed.stop()
+    message = str(caught.value)
+    assert "reading %s over ssh broke off after " % sshd.url(str(fifo)) in message, message
+
+
+def test_a_password_in_an_ssh_url_is_masked(sshd):
+    result = run_module("xva_info", {"src": "ssh://root:Zq7-ssh-secret@127.0.0.1:%d/x.xva" % sshd.port},
+                        expect_fail=True)
+    assert "takes no password" in result["msg"]
+    assert "Zq7-ssh-secret" not in json.dumps(result)
