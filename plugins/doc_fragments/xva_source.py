@@ -67,6 +67,8 @@ options:
         until they have a block's worth of input, so a long run of zeros in a large sparse disk
         gives minutes (gzip) to hours (zstd) of silence. For an uncompressed export a few
         minutes is enough. See the collection's docs/sources.md.
+      - For an SSH source it is ssh's connect timeout (at most 30 s) and how long a connection may
+        go without answering keep-alives.
     type: int
     default: 1800
   ssh_options:
