@@ -287,7 +287,7 @@ def test_metadata():
 
 def test_metadata_prefix_in_text():
     xml = build()[0]
-    assert 'xmlns:x2k="https://xen2kvm.example/migration/1"' in xml
+    assert 'xmlns:x2k="urn:xen2kvm:migration:1"' in xml
     assert "<x2k:migration>" in xml
 
 

@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import virtio_disk
 
-X2K_NS = "https://xen2kvm.example/migration/1"
+X2K_NS = "urn:xen2kvm:migration:1"
 X2K_PREFIX = "x2k"
 ET.register_namespace(X2K_PREFIX, X2K_NS)
 

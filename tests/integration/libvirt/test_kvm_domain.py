@@ -17,7 +17,7 @@ libvirt = pytest.importorskip("libvirt")
 
 pytestmark = [pytest.mark.root]
 
-X2K = "{https://xen2kvm.example/migration/1}"
+X2K = "{urn:xen2kvm:migration:1}"
 
 
 def make_spec(name, nics=2, firmware="bios"):
