@@ -1,0 +1,163 @@
+"""playbooks/migrate.yml through the real ansible-playbook, with this machine as the KVM host
+(domain type qemu, user-mode NICs: no host network is touched): one VM given on the command line
+boots and is reported, its rerun changes nothing; in a fleet a corrupt XVA fails with its stage
+and reason in the report while the good VM still migrates, and the run exits non-zero."""
+import glob
+import json
+import os
+import re
+import subprocess
+import uuid
+
+import pytest
+import yaml
+
+import guest_factory
+from ansible_run import PLAYBOOK
+from xva_writer import VM, Disk, write_xva
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+MIGRATE = os.path.join(REPO, "playbooks", "migrate.yml")
+COLLECTIONS = os.path.join(REPO, "build", "collections")
+KVM_HOST = {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3"}
+# Settings that keep the host's networks untouched and make the boot check wait for login:.
+QUIET_HOST = {"kvm_domain_type": "qemu", "kvm_import_default_network": "user", "kvm_import_boot_wait_for": "login"}
+
+
+@pytest.fixture(name="names")
+def names_fixture(conn, qemu_tmp, remove_domain):
+    """Unique VM names; their domains (and serial logs) are removed afterwards."""
+    made = []
+
+    def new():
+        made.append("x2k-mig-%s" % uuid.uuid4().hex[:8])
+        return made[-1]
+
+    yield new
+    for name in made:
+        remove_domain(conn, name)
+        for path in glob.glob("/var/log/libvirt/qemu/%s*.log" % name):
+            os.unlink(path)
+
+
+def guest_xva(workdir, name):
+    try:
+        guest = guest_factory.build_variant("deb12-pv", workdir / ("build-" + name))
+    except guest_factory.SuiteUnavailable as exc:
+        pytest.skip(str(exc))
+    guest.vm.name = name
+    guest.vm.uuid = str(uuid.uuid4())
+    xva = guest.xva(workdir / (name + ".xva"), checksum="sha1")
+    for disk in guest.disks:
+        os.unlink(disk)  # the XVA holds them now
+    return str(xva)
+
+
+def corrupt_xva(workdir, name):
+    vm = VM(name=name, uuid=str(uuid.uuid4()), disks=[Disk(image=os.urandom(3 << 20), userdevice=0)])
+    path = workdir / (name + ".xva")
+    write_xva(str(path), vm, checksum="sha1", fault="corrupt_chunk")
+    return str(path)
+
+
+def play(workdir, inventory, *extra):
+    inventory_path = workdir / "inventory.yml"
+    inventory_path.write_text(yaml.safe_dump(inventory))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_HOST_KEY_CHECKING="0")
+    proc = subprocess.run([str(PLAYBOOK), "-i", str(inventory_path), MIGRATE] + list(extra), cwd=str(workdir),
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    return proc.returncode, proc.stdout
+
+
+def recap(output, host):
+    match = re.search(r"^%s\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)" % re.escape(host),
+                      output, re.M)
+    assert match, output
+    return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, match.groups())))
+
+
+def report(report_dir):
+    data = json.loads((report_dir / "migration-report.json").read_text())
+    return {entry["vm"]: entry for entry in data["vms"]}, (report_dir / "migration-report.md").read_text()
+
+
+def test_one_vm_from_the_command_line_boots_and_its_rerun_changes_nothing(qemu_tmp, names):
+    name = names()
+    xva = guest_xva(qemu_tmp, name)
+    report_dir = qemu_tmp / "reports"
+    inventory = {"all": {"children": {"kvm_hosts": {"hosts": {"localhost": KVM_HOST}}}}}
+    args = ["-e", "vm=%s" % name, "-e", "xva=%s" % xva, "-e", "images_dir=%s" % (qemu_tmp / "images"),
+            "-e", "report_dir=%s" % report_dir] + [x for k, v in QUIET_HOST.items() for x in ("-e", "%s=%s" % (k, v))]
+
+    rc, output = play(qemu_tmp, inventory, *args)
+    assert rc == 0, output
+    assert "Report: %s/migration-report.md" % report_dir in output
+    assert recap(output, name)["changed"] > 0
+    entries, markdown = report(report_dir)
+    entry = entries[name]
+    assert entry["status"] == "migrated", entry
+    assert entry["kvm_host"] == "localhost" and entry["source"] == xva and entry["domain_type"] == "qemu"
+    assert set(entry["stage_seconds"]) == {"xen_source", "transfer", "kvm_preflight", "convert", "fixup", "kvm_import"}
+    assert entry["stage_seconds"]["kvm_import"] > 1 and entry["login_seconds"] > 0
+    assert entry["conversion_mb_per_s"] > 0
+    assert entry["disks"] and all(d["path"].startswith(str(qemu_tmp / "images")) for d in entry["disks"])
+    assert "console" in entry["fixups"]
+    assert re.search(r"^\| %s \| migrated \| localhost \|" % name, markdown, re.M), markdown
+
+    rc, output = play(qemu_tmp, inventory, *args)
+    assert rc == 0, output
+    assert recap(output, name)["changed"] == 0, output
+    assert recap(output, "localhost")["changed"] == 0, output
+    entries, markdown = report(report_dir)
+    assert entries[name]["status"] == "unchanged" and entries[name]["error"] is None
+    assert re.search(r"^\| %s \| unchanged \|" % name, markdown, re.M), markdown
+
+
+def test_a_corrupt_xva_fails_alone_and_is_reported(qemu_tmp, names):
+    good, bad = names(), names()
+    images = qemu_tmp / "images"
+    vm_vars = dict(QUIET_HOST, ansible_connection="local", kvm_host="localhost")
+    inventory = {"all": {"children": {
+        "kvm_hosts": {"hosts": {"localhost": dict(KVM_HOST, images_dir=str(images))}},
+        "xen_vms": {"hosts": {good: dict(vm_vars, xva=guest_xva(qemu_tmp, good)),
+                              bad: dict(vm_vars, xva=corrupt_xva(qemu_tmp, bad))}},
+    }}}
+    rc, output = play(qemu_tmp, inventory, "-e", "report_dir=%s" % (qemu_tmp / "reports"), "--forks", "2")
+    assert rc != 0, output
+    assert "VM %s failed in stage convert" % bad in output
+    entries, markdown = report(qemu_tmp / "reports")
+    assert entries[good]["status"] == "migrated" and entries[good]["login_seconds"] > 0, entries[good]
+    assert entries[bad]["status"] == "failed" and entries[bad]["failed_stage"] == "convert", entries[bad]
+    assert "checksum" in entries[bad]["error"], entries[bad]
+    assert re.search(r"^\| %s \| failed \|.*\| convert: .*checksum" % bad, markdown, re.M), markdown
+    assert not glob.glob(str(images / ("%s*" % bad))) and not glob.glob(str(images / (".%s*" % bad)))
+
+
+def test_a_failed_fixup_removes_only_the_images_this_run_converted(qemu_tmp, names):
+    """A disk with no filesystem converts and then fails the fixup: the images converted by
+    this run go (with xva_convert's record of them); images that were there before the run stay."""
+    from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva
+
+    fresh, earlier = names(), names()
+    images = qemu_tmp / "images"
+    xvas = {}
+    for name in (fresh, earlier):
+        xvas[name] = str(qemu_tmp / (name + ".xva"))
+        write_xva(xvas[name], VM(name=name, uuid=str(uuid.uuid4()), disks=[Disk(image=os.urandom(2 << 20), userdevice=0)]),
+                  checksum="sha1")
+    before = convert_xva(xvas[earlier], str(images))["disks"][0]["path"]
+    vm_vars = dict(QUIET_HOST, ansible_connection="local", kvm_host="localhost")
+    inventory = {"all": {"children": {
+        "kvm_hosts": {"hosts": {"localhost": dict(KVM_HOST, images_dir=str(images))}},
+        "xen_vms": {"hosts": {name: dict(vm_vars, xva=xva) for name, xva in xvas.items()}},
+    }}}
+    rc, output = play(qemu_tmp, inventory, "-e", "report_dir=%s" % (qemu_tmp / "reports"))
+    assert rc != 0, output
+    entries, _markdown = report(qemu_tmp / "reports")
+    for name in (fresh, earlier):
+        assert entries[name]["status"] == "failed" and entries[name]["failed_stage"] == "fixup", entries[name]
+        assert "neither a partition table nor a known filesystem" in entries[name]["error"]
+    assert sorted(os.listdir(images)) == sorted([os.path.basename(before), ".%s.xen2kvm.json" % os.path.basename(before)])
