@@ -161,3 +161,21 @@ def test_a_failed_fixup_removes_only_the_images_this_run_converted(qemu_tmp, nam
         assert entries[name]["status"] == "failed" and entries[name]["failed_stage"] == "fixup", entries[name]
         assert "neither a partition table nor a known filesystem" in entries[name]["error"]
     assert sorted(os.listdir(images)) == sorted([os.path.basename(before), ".%s.xen2kvm.json" % os.path.basename(before)])
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["-e", "vm=TestVM01", "-e", "xva=/nowhere/TestVM01.xva"],
+     "-e xva= needs -e vm=NAME, and -e kvm_host=HOST unless the inventory group kvm_hosts has exactly one host (it has 2)"),
+    (["-e", "xva=/nowhere/TestVM01.xva"], "-e xva= needs -e vm=NAME"),
+    (["-e", "vm=NoSuchVM"], "VM NoSuchVM is not in the inventory group xen_vms (give -e xva=PATH to add it)"),
+    (["-e", "vm=orphan"], "VM orphan: kvm_host kvm9 is not a host of the inventory group kvm_hosts"),
+])
+def test_the_command_line_and_inventory_are_checked_before_anything_runs(tmp_path, extra, words):
+    inventory = {"all": {"children": {
+        "kvm_hosts": {"hosts": {"kvm1": KVM_HOST, "kvm2": KVM_HOST}},
+        "xen_vms": {"hosts": {"orphan": {"ansible_connection": "local", "kvm_host": "kvm9", "xva": "/x.xva"}}},
+    }}}
+    rc, output = play(tmp_path, inventory, "-e", "report_dir=%s" % (tmp_path / "reports"), *extra)
+    assert rc != 0
+    assert words in " ".join(output.split()), output
+    assert "Migrate each VM" not in output and not (tmp_path / "reports").exists()
