@@ -194,3 +194,29 @@ def test_without_report_dir_the_report_goes_to_the_current_directory(tmp_path):
     entries, _markdown = report(tmp_path / "migration-reports")
     assert entries["gone"]["failed_stage"] == "xen_source"
     assert "gone.xva, does not exist on the KVM host" in entries["gone"]["error"]
+
+
+def test_a_naubackup_folder_is_resolved_to_its_newest_finished_export(qemu_tmp, names):
+    """naubackup_dir instead of xva: the newest finished backup's XVA is the one converted (and
+    named as the source in the report); here a corrupt one, so the run stops in convert."""
+    name = names()
+    root = qemu_tmp / "naubackup"
+    for stamp, finished in (("2026-11-30-(01:00:00)", True), ("2026-12-01-(01:00:00)", True),
+                            ("2026-12-02-(01:00:00)", False)):
+        folder = root / name / ("backup-%s" % stamp)
+        folder.mkdir(parents=True)
+        write_xva(str(folder / (name + ".xva")), VM(name=name, uuid=str(uuid.uuid4()),
+                                                     disks=[Disk(image=os.urandom(2 << 20), userdevice=0)]),
+                  checksum="sha1", fault="corrupt_chunk")
+        if finished:
+            (folder / "success").write_text("")
+    inventory = {"all": {"children": {
+        "kvm_hosts": {"hosts": {"localhost": dict(KVM_HOST, images_dir=str(qemu_tmp / "images"))}},
+        "xen_vms": {"hosts": {name: dict(QUIET_HOST, ansible_connection="local", kvm_host="localhost",
+                                         naubackup_dir=str(root))}},
+    }}}
+    rc, output = play(qemu_tmp, inventory, "-e", "report_dir=%s" % (qemu_tmp / "reports"))
+    assert rc != 0, output
+    entries, _markdown = report(qemu_tmp / "reports")
+    assert entries[name]["source"] == str(root / name / "backup-2026-12-01-(01:00:00)" / (name + ".xva")), entries[name]
+    assert entries[name]["failed_stage"] == "convert" and "checksum" in entries[name]["error"]
