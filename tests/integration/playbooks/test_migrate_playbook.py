@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import uuid
+import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
@@ -84,13 +85,14 @@ def report(report_dir):
     return {entry["vm"]: entry for entry in data["vms"]}, (report_dir / "migration-report.md").read_text()
 
 
-def test_one_vm_from_the_command_line_boots_and_its_rerun_changes_nothing(qemu_tmp, names):
+def test_one_vm_from_the_command_line_boots_and_its_rerun_changes_nothing(qemu_tmp, names, conn):
     name = names()
     xva = guest_xva(qemu_tmp, name)
     report_dir = qemu_tmp / "reports"
     inventory = {"all": {"children": {"kvm_hosts": {"hosts": {"localhost": KVM_HOST}}}}}
     args = ["-e", "vm=%s" % name, "-e", "xva=%s" % xva, "-e", "images_dir=%s" % (qemu_tmp / "images"),
-            "-e", "report_dir=%s" % report_dir] + [x for k, v in QUIET_HOST.items() for x in ("-e", "%s=%s" % (k, v))]
+            "-e", "report_dir=%s" % report_dir, "-e", "vcpus=2", "-e", "memory_mib=640"]
+    args += [x for k, v in QUIET_HOST.items() for x in ("-e", "%s=%s" % (k, v))]
 
     rc, output = play(qemu_tmp, inventory, *args)
     assert rc == 0, output
@@ -106,6 +108,8 @@ def test_one_vm_from_the_command_line_boots_and_its_rerun_changes_nothing(qemu_t
     assert entry["disks"] and all(d["path"].startswith(str(qemu_tmp / "images")) for d in entry["disks"])
     assert "console" in entry["fixups"]
     assert re.search(r"^\| %s \| migrated \| localhost \|" % name, markdown, re.M), markdown
+    domain = ET.fromstring(conn.lookupByName(name).XMLDesc(0))  # the overrides reached the domain
+    assert domain.findtext("vcpu") == "2" and int(domain.findtext("memory")) == 640 * 1024
 
     rc, output = play(qemu_tmp, inventory, *args)
     assert rc == 0, output
