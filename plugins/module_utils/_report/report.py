@@ -152,8 +152,8 @@ def render_markdown(entries, generated):
     lines += ["", "## Disks", ""]
     for entry in entries:
         for disk in entry["disks"]:
-            lines.append("- %s: `%s` (%s, %d bytes)" % (_cell(entry["vm"]), _cell(disk["path"]), _cell(disk["format"]),
-                                                      disk["virtual_bytes"]))
+            lines.append("- %s: `%s` (%s, %d bytes)" % (
+                _cell(entry["vm"]), _cell(disk["path"]), _cell(disk["format"]), disk["virtual_bytes"]))
     return "\n".join(lines) + "\n"
 
 

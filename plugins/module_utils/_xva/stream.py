@@ -375,6 +375,7 @@ class _SshBody(io.RawIOBase):
         self._stderr = stderr
         self._source = source
         self.received = 0
+        self._released = False
 
     def readable(self):
         return True
@@ -401,8 +402,9 @@ class _SshBody(io.RawIOBase):
         return self._stderr.read(65536).decode("utf-8", "replace")
 
     def close(self):
-        if self.closed:
+        if self._released:
             return
+        self._released = True
         try:
             if self._process.poll() is None:
                 self._process.kill()  # we stop reading; without this ssh would block on a full pipe

@@ -209,9 +209,8 @@ def test_a_naubackup_folder_is_resolved_to_its_newest_finished_export(qemu_tmp, 
                             ("2026-12-02-(01:00:00)", False)):
         folder = root / name / ("backup-%s" % stamp)
         folder.mkdir(parents=True)
-        write_xva(str(folder / (name + ".xva")), VM(name=name, uuid=str(uuid.uuid4()),
-                                                     disks=[Disk(image=os.urandom(2 << 20), userdevice=0)]),
-                  checksum="sha1", fault="corrupt_chunk")
+        vm = VM(name=name, uuid=str(uuid.uuid4()), disks=[Disk(image=os.urandom(2 << 20), userdevice=0)])
+        write_xva(str(folder / (name + ".xva")), vm, checksum="sha1", fault="corrupt_chunk")
         if finished:
             (folder / "success").write_text("")
     inventory = {"all": {"children": {
