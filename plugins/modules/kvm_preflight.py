@@ -26,13 +26,8 @@ description:
   - Images already in O(images_dir) from an earlier run are not subtracted from the need.
 author:
   - xen2kvm developers (@xen2kvm)
-attributes:
-  check_mode:
-    support: full
-    description: Reads only; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed, so there is no diff.
+extends_documentation_fragment:
+  - xen2kvm.migration.attributes.read_only
 requirements:
   - Python 3.11 on the target host (Debian 12's python3, the version tested)
   - libvirt-python (Debian python3-libvirt); its absence is reported as a problem

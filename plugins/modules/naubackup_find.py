@@ -22,13 +22,8 @@ description:
   - Fails naming every folder it found when none is finished.
 author:
   - xen2kvm developers (@xen2kvm)
-attributes:
-  check_mode:
-    support: full
-    description: Reads only; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed, so there is no diff.
+extends_documentation_fragment:
+  - xen2kvm.migration.attributes.read_only
 requirements:
   - Python 3.11 on the target host (Debian 12's python3, the version tested)
 options:

@@ -22,13 +22,7 @@ author:
   - xen2kvm developers (@xen2kvm)
 extends_documentation_fragment:
   - xen2kvm.migration.xva_source
-attributes:
-  check_mode:
-    support: full
-    description: Reads only; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed, so there is no diff.
+  - xen2kvm.migration.attributes.read_only
 notes:
   - Requires C(zstandard) (Debian C(python3-zstandard)) on the target only for zstd-compressed exports.
 requirements:
