@@ -147,8 +147,9 @@ tail:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.boot_check import (
     DEFAULT_LOGIN_REGEX, boot_check)
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.binding import require_libvirt
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain import (
-    KvmDomainError, require_libvirt)
+    KvmDomainError)
 
 
 def main():

@@ -254,8 +254,9 @@ removed_disks:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.xen2kvm.migration.plugins.module_utils._module_result import exit_with_diff
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.binding import require_libvirt
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain import (
-    KvmDomainError, require_libvirt, run)
+    KvmDomainError, run)
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain_xml import not_carried_over
 
 

@@ -66,10 +66,11 @@ actions:
   sample: [define, start, autostart]
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.binding import require_libvirt
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.pool import (
-    LIBVIRT_IMPORT_ERROR, PoolError, ensure_dir_pool, libvirt)
+    PoolError, ensure_dir_pool, libvirt)
 
 
 def main():
@@ -82,9 +83,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    if LIBVIRT_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("libvirt-python (Debian: python3-libvirt)"),
-                         exception=LIBVIRT_IMPORT_ERROR)
+    require_libvirt(module)
     params = module.params
     try:
         conn = libvirt.open(params["uri"])

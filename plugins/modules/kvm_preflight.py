@@ -91,7 +91,7 @@ problems:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.pool import libvirt
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.binding import libvirt
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.preflight import (
     check_domain_name, check_space, check_tools)
 

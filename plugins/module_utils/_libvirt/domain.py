@@ -21,24 +21,14 @@ import os
 import pwd
 import struct
 import subprocess
-import traceback
 import xml.etree.ElementTree as ET
 
-from ansible.module_utils.basic import missing_required_lib
 from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import image_holders
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.binding import libvirt
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain_xml import (
     DomainXMLError, build_domain_xml, compare_with_stored, format_from_path, read_metadata,
     sanitize_name, validate_name)
 
-try:
-    import libvirt
-except ImportError:
-    libvirt = None
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
-else:
-    LIBVIRT_IMPORT_ERROR = None
-
-LIBVIRT_REQUIREMENT = "libvirt-python (Debian: python3-libvirt)"
 POOL_TYPES = ("dir", "fs", "netfs")
 QEMU_USER, QEMU_GROUP = "libvirt-qemu", "kvm"
 
@@ -52,13 +42,6 @@ class KvmDomainError(Exception):
     def __init__(self, msg, **details):
         super(KvmDomainError, self).__init__(msg)
         self.details = details
-
-
-def require_libvirt(module):
-    """fail_json with Ansible's standard message when the libvirt binding is missing."""
-    if libvirt is None:
-        module.fail_json(msg=missing_required_lib(LIBVIRT_REQUIREMENT),
-                         exception=LIBVIRT_IMPORT_ERROR)
 
 
 def connect(uri):

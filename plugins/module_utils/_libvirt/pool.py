@@ -7,16 +7,9 @@
 from __future__ import annotations
 
 import os
-import traceback
 import xml.etree.ElementTree as ET
 
-try:
-    import libvirt
-except ImportError:
-    libvirt = None
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
-else:
-    LIBVIRT_IMPORT_ERROR = None
+from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.binding import libvirt
 
 
 class PoolError(Exception):
