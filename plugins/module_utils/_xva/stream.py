@@ -290,12 +290,22 @@ def source_secrets(src):
     return secrets
 
 
-class _NetworkBody(io.RawIOBase):
+class _ReadIntoFromRead(io.RawIOBase):
+    """A raw stream whose ``read`` does the work (and counts and names errors): ``readinto``
+    goes through it."""
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+class _NetworkBody(_ReadIntoFromRead):
     """The body of an HTTP response, with network failures said as what they are.  They must
     not look like damaged data: a timeout or reset surfaces inside the gzip/zstd decoder too."""
 
     def __init__(self, response, url, timeout):
-        io.RawIOBase.__init__(self)
+        _ReadIntoFromRead.__init__(self)
         self._response = response
         self._host = host_of(url)
         self._timeout = timeout
@@ -324,11 +334,6 @@ class _NetworkBody(io.RawIOBase):
             raise self._failed(exc)
         self.received += len(data)
         return data
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
     def close(self):
         try:
@@ -365,12 +370,12 @@ def _without_secrets(text, url):
     return text
 
 
-class _SshBody(io.RawIOBase):
+class _SshBody(_ReadIntoFromRead):
     """The standard output of ``ssh HOST cat -- PATH``.  At its end ssh's exit status decides
     whether the stream was complete; closing it early kills and reaps ssh."""
 
     def __init__(self, process, stderr, source):
-        io.RawIOBase.__init__(self)
+        _ReadIntoFromRead.__init__(self)
         self._process = process
         self._stderr = stderr
         self._source = source
@@ -386,11 +391,6 @@ class _SshBody(io.RawIOBase):
             self._check_exit()
         self.received += len(data)
         return data
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
     def _check_exit(self):
         code = self._process.wait()
