@@ -136,6 +136,20 @@ def domain_name(conn, qemu_tmp):
         os.unlink(path)
 
 
+@pytest.fixture(name="pool_name")
+def pool_name_fixture(conn):
+    """A unique storage pool name; the pool is stopped and undefined after the test."""
+    name = "x2k-it-pool-%s" % uuid.uuid4().hex[:8]
+    yield name
+    try:
+        pool = conn.storagePoolLookupByName(name)
+    except libvirt.libvirtError:
+        return
+    if pool.isActive():
+        pool.destroy()
+    pool.undefine()
+
+
 # ------------------------------------------------------------------------------ ansible
 
 

@@ -5,7 +5,6 @@ Guarded so it never installs: skipped unless every package the role would instal
 (then apt has nothing to fetch), and the apt cache is not updated."""
 
 import subprocess
-import uuid
 
 import pytest
 
@@ -23,19 +22,6 @@ def installed(packages):
     proc = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n"] + packages,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=False)
     return {line.split()[0] for line in proc.stdout.splitlines() if line.split()[1:2] == ["ii"]}
-
-
-@pytest.fixture(name="pool_name")
-def pool_name_fixture(conn):
-    name = "x2k-it-hostpool-%s" % uuid.uuid4().hex[:8]
-    yield name
-    try:
-        pool = conn.storagePoolLookupByName(name)
-    except libvirt.libvirtError:
-        return
-    if pool.isActive():
-        pool.destroy()
-    pool.undefine()
 
 
 def test_kvm_host_role_twice_second_run_changes_nothing(conn, pool_name, qemu_tmp):

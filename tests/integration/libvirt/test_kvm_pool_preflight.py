@@ -1,6 +1,5 @@
 """kvm_pool and kvm_preflight against the real libvirtd."""
 
-import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -10,19 +9,6 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain_
 libvirt = pytest.importorskip("libvirt")
 
 XEN_UUID = "3f8e0b5a-8d0c-4c57-9e57-0d5e2a5f0a11"
-
-
-@pytest.fixture(name="pool_name")
-def pool_name_fixture(conn):
-    name = "x2k-it-pool-%s" % uuid.uuid4().hex[:8]
-    yield name
-    try:
-        pool = conn.storagePoolLookupByName(name)
-    except libvirt.libvirtError:
-        return
-    if pool.isActive():
-        pool.destroy()
-    pool.undefine()
 
 
 def test_pool_define_build_start_is_idempotent(conn, pool_name, qemu_tmp, run_module):
