@@ -44,7 +44,7 @@ help:
 	@echo "make integration  pytest tests/integration     (root; starts libvirtd itself)"
 	@echo "make sanity       ansible-test sanity on a clean copy (SANITY_ARGS='--test pylint')"
 	@echo "make lint         ansible-lint --profile production (LINT_ARGS=...)"
-	@echo "make bench        bench/run.sh or bench/xva_bench.py"
+	@echo "make bench        bench/xva_bench.py + bench/migrate_bench.py (BENCH=xva|migrate: one)"
 	@echo "make build        the collection artifact build/xen2kvm-migration-VERSION.tar.gz"
 	@echo "make changelog    release notes: changelogs/fragments -> changelog.yaml + CHANGELOG.md"
 	@echo "make clean        remove build/, test output and caches (keeps .venv)"
@@ -87,14 +87,13 @@ demo: $(INSTALL) collection-link
 	  echo "make demo: not yet available (playbooks/demo.yml does not exist yet)" >&2; exit 1; \
 	fi
 
+# BENCH=xva: xva_convert against its anchors; BENCH=migrate: migrate.yml end to end (root,
+# libvirtd, boots qemu for minutes); BENCH=all (default) runs both.
+BENCH ?= all
 bench: $(INSTALL) collection-link
-	@if [[ -f $(REPO)/bench/run.sh ]]; then \
-	  bash $(REPO)/bench/run.sh; \
-	elif [[ -f $(REPO)/bench/xva_bench.py ]]; then \
-	  $(BIN)/python $(REPO)/bench/xva_bench.py; \
-	else \
-	  echo "make bench: not yet available (no bench/run.sh or bench/xva_bench.py)" >&2; exit 1; \
-	fi
+	@case "$(BENCH)" in all|xva|migrate) ;; *) echo "make bench: BENCH=all|xva|migrate, not '$(BENCH)'" >&2; exit 2;; esac
+	@if [[ "$(BENCH)" != migrate ]]; then $(BIN)/python $(REPO)/bench/xva_bench.py; fi
+	@if [[ "$(BENCH)" != xva ]]; then $(BIN)/python $(REPO)/bench/migrate_bench.py; fi
 
 # The artifact users install (galaxy.yml's build_ignore keeps the checkout's tooling out).
 build: $(INSTALL)
