@@ -567,9 +567,15 @@ def test_readme_supported_names_the_tested_versions(runtime):
         assert product in supported
 
 
+def _readme_yaml_blocks():
+    return [yaml.safe_load(block) for block in
+            re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.S)]
+
+
 def test_readme_role_example_uses_only_role_options():
-    example = re.search(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.S).group(1)
-    for entry in yaml.safe_load(example)[0]["roles"]:
+    examples = [block for block in _readme_yaml_blocks() if isinstance(block, list) and "roles" in block[0]]
+    assert examples, "README.md has no playbook example with roles"
+    for entry in (entry for example in examples for entry in example[0]["roles"]):
         role = REPO / "roles" / entry["role"].split(".")[-1]
         spec = _role_spec(role)
         assert set(entry.get("vars") or {}) <= set(spec), f"README example: unknown {role.name} variables"
@@ -588,3 +594,17 @@ def test_docs_name_existing_make_targets_and_paths(doc):
     missing = sorted({p for p in re.findall(r"`([^`\s]+)`", text) if p.startswith(top) and not re.search(r"[<>*A-Z]", p)
                       and not any((base / p.rstrip("/")).exists() for base in [REPO] + ROLES)})
     assert not missing, f"{doc} names paths that do not exist: {missing}"
+
+
+def test_readme_inventory_example_uses_only_documented_variables():
+    """Every variable the README's site inventory sets on a KVM host or a VM is one docs/migrate.md describes."""
+    (inventory,) = [block for block in _readme_yaml_blocks() if isinstance(block, dict) and "all" in block]
+    groups = inventory["all"]["children"]
+    assert set(groups) == {"kvm_hosts", "xen_vms"}
+    names = set(groups["xen_vms"].get("vars") or {})
+    for group in groups.values():
+        for host_vars in group["hosts"].values():
+            names |= set(host_vars or {})
+    documented = set(re.findall(r"`([a-z_]+)`", (REPO / "docs" / "migrate.md").read_text(encoding="utf-8")))
+    undocumented = {name for name in names if not name.startswith("ansible_")} - documented
+    assert not undocumented, f"README inventory variables missing from docs/migrate.md: {sorted(undocumented)}"
