@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: xen2kvm developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Progress of a long copy, written as JSON to a status file another process can poll.
+"""Progress of a long copy, written as JSON to a status file another process can poll, and read
+back as one compact line (``read_status``, ``progress_line``) by the xva_convert action plugin.
 
 A timer thread writes the file, so it keeps being refreshed while the source stalls (XAPI sends
 keep-alives when it has nothing to say) — a reader of the file can tell "slow" from "hung".
@@ -21,6 +22,8 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._durable import 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._interrupt import temp_mark
 
 INTERVAL = 1.0
+MiB = 1 << 20
+GIB_FROM = 10 << 30  # from this total on, sizes read better in GiB
 
 
 def write_json_atomically(path, payload, durable=True):
@@ -72,6 +75,8 @@ class ProgressReporter:
             "mb_per_s": round(rate / (1 << 20), 1),
             "eta_s": round(remaining / rate, 1) if remaining is not None and rate > 0 else None,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # lets whoever follows the file stop the conversion (the action plugin, when its task is cut short)
+            "pid": os.getpid(),
         }
         payload.update(extra)
         if error:
@@ -110,3 +115,63 @@ class ProgressReporter:
             finally:
                 self._write("failed" if exc is not None else "done", str(exc) if exc is not None else None)
         return False
+
+
+def read_status(text):
+    """The status dict in a status file's ``text``; None when the text is empty or not a JSON object."""
+    try:
+        status = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def format_duration(seconds):
+    """``m:ss`` below an hour, ``h:mm:ss`` from one on."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return "%d:%02d:%02d" % (hours, minutes, secs)
+    return "%d:%02d" % (minutes, secs)
+
+
+def _number(status, key):
+    value = status.get(key)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _amount(done, total):
+    if total is not None and total >= GIB_FROM:
+        return "%.1f/%.1f GiB" % (done / float(1 << 30), total / float(1 << 30))
+    if total:
+        return "%d/%d MiB" % (done // MiB, total // MiB)
+    return "%d MiB" % (done // MiB)
+
+
+def progress_line(label, status, waited=None):
+    """One line for a console: ``[label] convert 42% 310/740 MiB 85 MiB/s ETA 0:05``.
+
+    ``status`` is what ``read_status`` returned (None before the module wrote its first status;
+    ``waited``, the seconds since the start, then says for how long).  The phase is the status's
+    ``phase`` when it has one; a state other than ``running`` is shown instead of the ETA.
+    """
+    if not status:
+        line = "[%s] convert starting" % label
+        return line + (" (%s)" % format_duration(waited) if waited is not None else "")
+    parts = ["[%s]" % label, str(status.get("phase") or "convert")]
+    percent = _number(status, "percent")
+    if percent is not None:
+        parts.append("%d%%" % int(percent))
+    done = _number(status, "bytes_done")
+    if done is not None:
+        parts.append(_amount(done, _number(status, "bytes_total")))
+    rate = _number(status, "mb_per_s")
+    if rate is not None:
+        parts.append("%s MiB/s" % ("%.1f" % rate if rate < 10 else "%d" % round(rate)))
+    state = status.get("state") or "running"
+    if state != "running":
+        parts.append(str(state))
+    else:
+        eta = _number(status, "eta_s")
+        parts.append("ETA " + (format_duration(eta) if eta is not None else "?"))
+    return " ".join(parts)
