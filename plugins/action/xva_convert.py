@@ -18,8 +18,12 @@ within its time limit, then the task executor collects the finished job as usual
 
 from __future__ import annotations
 
+import contextlib
+import os
 import posixpath
 import shlex
+import signal
+import threading
 import time
 
 from ansible.errors import AnsibleError
@@ -39,8 +43,11 @@ POLL_INTERVALS = (0.5, 1.0, 2.0, 2.5)
 JOB_LIMIT = 7 * 24 * 3600
 # Unreachable target for this long: give up following the job.
 LOST_CONTACT_AFTER = 600.0
-# When the task is cut short: time the module gets to remove its temporary files.
-STOP_WAIT = 20.0
+# When the task is cut short: how long to wait for the stopped module to end, so its job file
+# can be removed.
+STOP_WAIT = 10.0
+# What ansible-playbook sends its workers on Ctrl-C or when it is terminated.
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
 _JOB_MARK = "--xen2kvm-job-file--"
 _ASYNC_KEYS = ("ansible_job_id", "started", "finished", "results_file")
 
@@ -56,7 +63,12 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         if self._runs_without_progress():
             return self._run_as_any_module(result, task_vars)
-        return self._run_with_progress(result, task_vars)
+        try:
+            return self._run_with_progress(result, task_vars)
+        except _Interrupted as exc:
+            # the job is stopped: now the worker ends the way ansible-core's own handler ends it
+            os.kill(os.getpid(), exc.signum)
+            raise AnsibleError("xva_convert: interrupted by %s" % signal.Signals(exc.signum).name) from None
 
     def _runs_without_progress(self):
         fire_and_forget = self._task.async_val and not self._task.poll
@@ -75,27 +87,27 @@ class ActionModule(ActionBase):
         task_limit = self._task.async_val
         args = dict(self._task.args)
         own_dir = None
-        if not args.get("status_file"):
-            own_dir = self._make_status_dir()
-            args["status_file"] = posixpath.join(own_dir, "status.json")
-        job = None
-        try:
-            job = self._start_job(args, task_vars, task_limit or JOB_LIMIT)
-            if job.get("failed") or not job.get("results_file"):
-                job["changed"] = False  # _execute_module marks every async launch changed
-                return merge_hash(result, job)
-            label = task_vars.get("inventory_hostname") or self._task.get_name()
-            follower = _JobFollower(self, label, args["status_file"], job["results_file"], started)
+        with _signals_raise():
             try:
-                follower.follow(task_limit or JOB_LIMIT)
-            except BaseException:  # a task timeout or an interrupt: the job must not run on, unseen
-                follower.stop()
-                raise
-            if task_limit:  # the task executor collects the finished job and removes its file
-                return merge_hash(result, job)
-            return merge_hash(result, follower.final_result(task_vars))
-        finally:
-            self._remove_quietly([own_dir] if own_dir else [])
+                if not args.get("status_file"):
+                    own_dir = self._make_status_dir()
+                    args["status_file"] = posixpath.join(own_dir, "status.json")
+                job = self._start_job(args, task_vars, task_limit or JOB_LIMIT)
+                if job.get("failed") or not job.get("results_file"):
+                    job["changed"] = False  # _execute_module marks every async launch changed
+                    return merge_hash(result, job)
+                label = task_vars.get("inventory_hostname") or self._task.get_name()
+                follower = _JobFollower(self, label, args["status_file"], job["results_file"], started)
+                try:
+                    follower.follow(task_limit or JOB_LIMIT)
+                except BaseException as exc:  # a task timeout or an interrupt: the job must not run on, unseen
+                    follower.stop(signal.Signals(exc.signum).name if isinstance(exc, _Interrupted) else "SIGTERM")
+                    raise
+                if task_limit:  # the task executor collects the finished job and removes its file
+                    return merge_hash(result, job)
+                return merge_hash(result, follower.final_result(task_vars))
+            finally:
+                self._remove_quietly([own_dir] if own_dir else [])
 
     def _start_job(self, args, task_vars, limit):
         """Launch the module through async_wrapper, as the task executor does for ``async:``."""
@@ -128,6 +140,38 @@ class ActionModule(ActionBase):
             return
         if res.get("rc") != 0:
             display.warning("xva_convert: could not remove %s: %s" % (" ".join(paths), (res.get("stderr") or "").strip()))
+
+
+class _Interrupted(BaseException):
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """Ctrl-C makes ansible-playbook signal its workers, and a worker then signals its process
+    group: a module run directly gets the signal and removes its temporary files.  The async job
+    is a process group of its own, so while it is followed the signal becomes ``_Interrupted``
+    here, the job is stopped, and the signal is delivered again to ansible-core's handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def interrupted(signum, _frame):
+        for number in previous:  # a second signal must not cut the stop short
+            signal.signal(number, signal.SIG_IGN)
+        raise _Interrupted(signum)
+
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name)
+        previous[number] = signal.signal(number, interrupted)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 class _JobFollower:
@@ -229,14 +273,14 @@ class _JobFollower:
             final.pop("stderr_lines", None)
         return final
 
-    def stop(self):
-        """Best effort, while the task is being cut short: SIGTERM makes the module remove its
-        temporary files and fail; once the job ended, its file goes too."""
+    def stop(self, signame):
+        """Best effort, while the task is being cut short: the signal makes the module remove its
+        temporary files and fail, as it would when run directly; once the job ended, its file goes too."""
         try:
             ended = self._peek()
             pid = (self.status or {}).get("pid")
             if not ended and isinstance(pid, int) and pid > 1:
-                self.action._low_level_execute_command("kill -TERM %d" % pid, sudoable=True)
+                self.action._low_level_execute_command("kill -%s %d" % (signame[3:], pid), sudoable=True)
                 deadline = time.monotonic() + STOP_WAIT
                 while not ended and time.monotonic() < deadline:
                     time.sleep(0.5)

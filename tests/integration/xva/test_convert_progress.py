@@ -111,7 +111,7 @@ def run_playbook(work, inventory, play, on_line=None):
         stamped = (time.monotonic() - started, raw.rstrip("\n"))
         lines.append(stamped)
         if on_line:
-            on_line(stamped)
+            on_line(stamped, proc)
     return proc.wait(), lines
 
 
@@ -145,7 +145,7 @@ def assert_nothing_left(work, dirs_before):
 
 
 def test_two_vms_show_progress_over_ssh_with_become(exports, sshd, tmp_path):
-    feeds = {name: SlowFeed(tmp_path / ("%s.pipe" % name), path.read_bytes(), rate=600_000)
+    feeds = {name: SlowFeed(tmp_path / ("%s.pipe" % name), path.read_bytes(), rate=700_000)
              for name, (_vm, path) in exports.items()}
     inventory = {"all": {"children": {
         "kvm_hosts": {"hosts": {"kvm1": {
@@ -286,4 +286,38 @@ def test_failures_give_the_module_error_and_leave_nothing(exports, tmp_path):
     assert status["state"] == "failed" and "SIGTERM" in status["error"], status
     wait_for(lambda: not os.path.exists("/proc/%d" % status["pid"]), "the timed-out module to exit", timeout=10)
     assert os.listdir(tmp_path / "images" / "timed") == []
+    assert_nothing_left(tmp_path, dirs_before)
+
+
+def test_ctrl_c_stops_the_conversion(exports, tmp_path):
+    """ansible-playbook interrupted (SIGINT, as Ctrl-C sends it): the conversion job must not go
+    on in the background - the module gets the signal, removes its temporary files and ends."""
+    _vm, web01 = exports["web01"]
+    feed = SlowFeed(tmp_path / "web01.pipe", web01.read_bytes(), rate=300_000)
+    inventory = {"all": {"hosts": {"web01": {"ansible_connection": "local",
+                                             "ansible_python_interpreter": "/usr/bin/python3"}}}}
+    play = [{"name": "Convert", "hosts": "all", "gather_facts": False, "tasks": [
+        {"name": "Convert", "xen2kvm.migration.xva_convert": {
+            "src": str(tmp_path / "web01.pipe"), "dest": str(tmp_path / "images")}}]}]
+    dirs_before = progress_dirs()
+    seen = {}
+
+    def interrupt_at_the_first_progress_line(stamped, proc):
+        if PROGRESS.match(stamped[1]) and not seen:
+            (new_dir,) = progress_dirs() - dirs_before
+            seen["status"] = read_json(Path("/tmp", new_dir, "status.json"))
+            proc.send_signal(signal.SIGINT)
+
+    try:  # the feed stays open meanwhile: the module must end by the signal, not by the end of its input
+        rc, lines = run_playbook(tmp_path, inventory, play, on_line=interrupt_at_the_first_progress_line)
+        out = console(lines)
+        print(out)
+        assert rc != 0 and "User interrupted execution" in out, out
+        pid = seen["status"]["pid"]
+        wait_for(lambda: not os.path.exists("/proc/%d" % pid), "the module to end", timeout=15)
+    finally:
+        feed.release()
+    wait_for(lambda: not [n for n in os.listdir(tmp_path / "images") if PART in n], "the temporary images to go", 5)
+    wait_for(lambda: not os.listdir(tmp_path / "async"), "the job file to go", timeout=15)
+    assert os.listdir(tmp_path / "images") == []
     assert_nothing_left(tmp_path, dirs_before)
