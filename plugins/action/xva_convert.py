@@ -97,7 +97,9 @@ class ActionModule(ActionBase):
                     job["changed"] = False  # _execute_module marks every async launch changed
                     return merge_hash(result, job)
                 label = task_vars.get("inventory_hostname") or self._task.get_name()
-                follower = _JobFollower(self, label, args["status_file"], job["results_file"], started)
+                # the module expands ~ in a path option; a quoted path in a shell command is not
+                status_file = self._remote_expand_user(args["status_file"])
+                follower = _JobFollower(self, label, status_file, job["results_file"], started)
                 try:
                     follower.follow(task_limit or JOB_LIMIT)
                 except BaseException as exc:  # a task timeout or an interrupt: the job must not run on, unseen
