@@ -87,6 +87,11 @@ notes:
   - The source is read sequentially, so a pipe or an HTTP stream works as well as a file.
   - C(qcow2) output needs C(qemu-img) (Debian C(qemu-utils)) and temporary space for the raw image.
   - qcow2 sizes are whole 512-byte sectors; a VDI whose size is not is rounded up with zeros.
+  - >-
+    The module's action plugin runs it as an async job on its host and prints one progress line
+    per VM about every 5 seconds while it converts (C([TestVM01] convert 42% 310/740 MiB 85 MiB/s ETA 0:05)),
+    with no O(status_file), C(async) or configuration needed; the result is the module's own.
+    See docs/xva_convert.md in the collection.
 requirements:
   - Python 3.11 on the target host (Debian 12's python3, the version tested)
   - qemu-img (Debian qemu-utils) for O(format=qcow2)
