@@ -44,8 +44,9 @@ def exports(tmp_path_factory):
     work = tmp_path_factory.mktemp("progress-exports")
     vms = {}
     for seed, name in enumerate(("web01", "db01"), start=1):
-        vm = VM(name=name, disks=[Disk(image=disk_content(16 * MiB, seed), userdevice=0),
-                                  Disk(image=disk_content(8 * MiB, seed + 10), userdevice=1, device="xvdb")])
+        disks = [Disk(image=disk_content(16 * MiB, seed), userdevice=0),
+                 Disk(image=disk_content(8 * MiB, seed + 10), userdevice=1, device="xvdb")]
+        vm = VM(name="progress-test-" + name, disks=disks)
         path = work / ("%s.xva" % name)
         write_xva(str(path), vm, checksum="xxhash")
         vms[name] = (vm, path)
@@ -98,9 +99,11 @@ def run_playbook(work, inventory, play, on_line=None):
     (rc, [(seconds since start, line)]) with each line stamped as it arrived."""
     (work / "inventory.yml").write_text(yaml.safe_dump(inventory))
     (work / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    (work / "tmp").mkdir()
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0",
-               # only so the test can see that nothing is left in them
-               ANSIBLE_ASYNC_DIR=str(work / "async"), ANSIBLE_REMOTE_TMP=str(work / "remote_tmp"))
+               # only so the test can see that nothing is left in them (TMPDIR: on local connections)
+               ANSIBLE_ASYNC_DIR=str(work / "async"), ANSIBLE_REMOTE_TMP=str(work / "remote_tmp"),
+               TMPDIR=str(work / "tmp"))
     for name in [key for key in env if key.startswith("ANSIBLE_") and "CALLBACK" in key]:
         del env[name]
     started = time.monotonic()
@@ -124,8 +127,38 @@ def save_task(path):
         "content": "{{ converted | to_json }}", "dest": "%s/{{ inventory_hostname }}.json" % path, "mode": "0600"}}
 
 
-def progress_dirs():
-    return {name for name in os.listdir("/tmp") if name.startswith("xen2kvm-progress.")}
+def progress_dirs(tmp):
+    return {name for name in os.listdir(tmp) if name.startswith("xen2kvm-progress.")}
+
+
+class StatusDirWatch:
+    """Notes the plugin's status directories in /tmp of an ssh target (where TMPDIR is not passed
+    on) that belong to this test's VMs, by the VM name in their status file."""
+
+    def __init__(self, vm_names):
+        self.vm_names = set(vm_names)
+        self.seen = {}
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopped.wait(0.3):
+            for name in progress_dirs("/tmp"):
+                vm = read_json(Path("/tmp", name, "status.json")).get("vm")
+                if vm in self.vm_names:
+                    self.seen.setdefault(vm, set()).add(Path("/tmp", name))
+
+    def stop(self):
+        self.stopped.set()
+        self.thread.join(5)
+
+
+def read_json(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def wait_for(condition, what, timeout=30):
@@ -135,17 +168,17 @@ def wait_for(condition, what, timeout=30):
         time.sleep(0.1)
 
 
-def assert_nothing_left(work, dirs_before):
+def assert_nothing_left(work):
     async_dir = work / "async"
     assert not async_dir.exists() or os.listdir(async_dir) == [], "async job files left: %s" % os.listdir(async_dir)
     # async_wrapper removes its module's directory itself, after its watcher (every 5 s) saw it end
     remote_tmp = work / "remote_tmp"
     wait_for(lambda: not remote_tmp.exists() or os.listdir(remote_tmp) == [], "the remote tmp to be emptied", 12)
-    assert progress_dirs() <= dirs_before, "status directories left: %s" % (progress_dirs() - dirs_before)
+    assert progress_dirs(work / "tmp") == set(), "status directories left: %s" % progress_dirs(work / "tmp")
 
 
 def test_two_vms_show_progress_over_ssh_with_become(exports, sshd, tmp_path):
-    feeds = {name: SlowFeed(tmp_path / ("%s.pipe" % name), path.read_bytes(), rate=700_000)
+    feeds = {name: SlowFeed(tmp_path / ("%s.pipe" % name), path.read_bytes(), rate=800_000)
              for name, (_vm, path) in exports.items()}
     inventory = {"all": {"children": {
         "kvm_hosts": {"hosts": {"kvm1": {
@@ -173,10 +206,11 @@ def test_two_vms_show_progress_over_ssh_with_become(exports, sshd, tmp_path):
                 "mode": "0600"}},
         ],
     }]
-    dirs_before = progress_dirs()
+    watch = StatusDirWatch(vm.name for vm, _path in exports.values())
     try:
         rc, lines = run_playbook(tmp_path, inventory, play)
     finally:
+        watch.stop()
         for feed in feeds.values():
             feed.release()
     out = console(lines)
@@ -191,36 +225,34 @@ def test_two_vms_show_progress_over_ssh_with_become(exports, sshd, tmp_path):
         assert len(stamps) >= 3 and percents == sorted(percents) and percents[-1] > percents[0], out
         gaps = [later - earlier for earlier, later in zip([play_start] + stamps, stamps + [done_at])]
         assert max(gaps) <= 10.0, "a gap of %.1f s for %s:\n%s" % (max(gaps), name, out)
-        assert done_at - play_start >= 15, "the conversion was not slow enough to test anything"
+        assert done_at - play_start >= 12, "the conversion was not slow enough to test anything"
         result = json.loads((tmp_path / ("%s.json" % name)).read_text())
         assert result["changed"] is True and "ansible_job_id" not in result and "finished" not in result
         for disk, source in zip(result["disks"], vm.disks):
             assert disk["checksums_verified"] is True
             assert Path(disk["path"]).read_bytes() == source.image
         assert not [n for n in os.listdir(tmp_path / "images" / name) if PART in n]
-    assert_nothing_left(tmp_path, dirs_before)
-
-
-def read_json(path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    assert_nothing_left(tmp_path)
+    assert sorted(watch.seen) == sorted(vm.name for vm, _path in exports.values()), watch.seen
+    assert not [path for paths in watch.seen.values() for path in paths if path.exists()], watch.seen
 
 
 def test_failures_give_the_module_error_and_leave_nothing(exports, tmp_path):
-    """Three VMs at once: a corrupt export (the module's own message), a conversion killed with
+    """Four VMs at once: a corrupt export (the module's own message), a conversion killed with
     SIGKILL (said so, with its last progress), a task that hits its ``timeout`` (the conversion is
-    stopped, its temporary files removed) - and check mode, which runs the module directly."""
+    stopped, its temporary files removed), a task with ``async`` and ``poll`` of its own - and
+    check mode, which runs the module directly."""
     bad = tmp_path / "bad.xva"
     write_xva(str(bad), VM(name="bad", disks=[Disk(image=disk_content(4 * MiB, 7))]), checksum="sha1",
               fault="corrupt_chunk")
     _vm, web01 = exports["web01"]
     data = web01.read_bytes()
     feeds = {"killed": SlowFeed(tmp_path / "killed.pipe", data, rate=1_000_000, upto=len(data) // 2),
-             "timed": SlowFeed(tmp_path / "timed.pipe", data, rate=200_000)}
+             "timed": SlowFeed(tmp_path / "timed.pipe", data, rate=200_000),
+             "userasync": SlowFeed(tmp_path / "userasync.pipe", data, rate=1_300_000)}
     hosts = {
         "corrupt": {"src": str(bad)},
+        "userasync": {"src": str(tmp_path / "userasync.pipe"), "task_async": 600, "task_poll": 1},
         "killed": {"src": str(tmp_path / "killed.pipe"), "status": str(tmp_path / "killed.status.json")},
         "timed": {"src": str(tmp_path / "timed.pipe"), "status": str(tmp_path / "timed.status.json"), "task_timeout": 8},
     }
@@ -238,7 +270,8 @@ def test_failures_give_the_module_error_and_leave_nothing(exports, tmp_path):
                 "content": "{{ planned | to_json }}", "dest": "%s/{{ inventory_hostname }}.plan.json" % tmp_path,
                 "mode": "0600"}},
             {"name": "Convert", "xen2kvm.migration.xva_convert": convert, "register": "converted",
-             "timeout": "{{ task_timeout | default(0) }}", "ignore_errors": True},
+             "timeout": "{{ task_timeout | default(0) }}", "ignore_errors": True,
+             "async": "{{ task_async | default(0) }}", "poll": "{{ task_poll | default(15) }}"},
             save_task(tmp_path),
         ],
     }]
@@ -251,7 +284,6 @@ def test_failures_give_the_module_error_and_leave_nothing(exports, tmp_path):
 
     killer = threading.Thread(target=kill_when_under_way, daemon=True)
     killer.start()
-    dirs_before = progress_dirs()
     try:
         rc, lines = run_playbook(tmp_path, inventory, play)
     finally:
@@ -260,9 +292,11 @@ def test_failures_give_the_module_error_and_leave_nothing(exports, tmp_path):
     killer.join(5)
     out = console(lines)
     print(out)
-    assert rc == 0, out  # every failure was ignored
-    assert "FAILED - RETRYING" not in out and "ASYNC" not in out, out
     results = {name: read_json(tmp_path / ("%s.json" % name)) for name in hosts}
+    assert rc == 0, out  # every failure was ignored
+    assert "FAILED - RETRYING" not in out and "ASYNC POLL" not in out, out
+    assert [line for _t, line in lines if "ASYNC" in line] == [
+        "ASYNC OK on userasync: jid=%s" % results["userasync"]["ansible_job_id"]], out
 
     for name in hosts:
         plan = read_json(tmp_path / ("%s.plan.json" % name))
@@ -280,13 +314,19 @@ def test_failures_give_the_module_error_and_leave_nothing(exports, tmp_path):
     assert "last progress: [killed] convert " in killed["msg"], killed
     assert "fatal: [killed]: FAILED!" in out and "[ERROR]: Task failed: Action failed: MODULE FAILURE: xva_convert ended" in out
 
+    # async and poll set on the task: progress lines, then ansible-core collects the job as usual
+    userasync = results["userasync"]
+    assert userasync["changed"] is True and userasync["finished"] is True, userasync
+    assert [PROGRESS.match(line)["vm"] for _t, line in lines if line.startswith("[userasync] ")] != []
+    assert Path(userasync["disks"][0]["path"]).read_bytes() == exports["web01"][0].disks[0].image
+
     timed = results["timed"]
     assert timed["failed"] is True and "timed out after 8" in timed["msg"].lower(), timed
     status = read_json(tmp_path / "timed.status.json")  # the module stopped itself, cleanly
     assert status["state"] == "failed" and "SIGTERM" in status["error"], status
     wait_for(lambda: not os.path.exists("/proc/%d" % status["pid"]), "the timed-out module to exit", timeout=10)
     assert os.listdir(tmp_path / "images" / "timed") == []
-    assert_nothing_left(tmp_path, dirs_before)
+    assert_nothing_left(tmp_path)
 
 
 def test_ctrl_c_stops_the_conversion(exports, tmp_path):
@@ -299,13 +339,12 @@ def test_ctrl_c_stops_the_conversion(exports, tmp_path):
     play = [{"name": "Convert", "hosts": "all", "gather_facts": False, "tasks": [
         {"name": "Convert", "xen2kvm.migration.xva_convert": {
             "src": str(tmp_path / "web01.pipe"), "dest": str(tmp_path / "images")}}]}]
-    dirs_before = progress_dirs()
     seen = {}
 
     def interrupt_at_the_first_progress_line(stamped, proc):
         if PROGRESS.match(stamped[1]) and not seen:
-            (new_dir,) = progress_dirs() - dirs_before
-            seen["status"] = read_json(Path("/tmp", new_dir, "status.json"))
+            (new_dir,) = progress_dirs(tmp_path / "tmp")
+            seen["status"] = read_json(tmp_path / "tmp" / new_dir / "status.json")
             proc.send_signal(signal.SIGINT)
 
     try:  # the feed stays open meanwhile: the module must end by the signal, not by the end of its input
@@ -320,4 +359,4 @@ def test_ctrl_c_stops_the_conversion(exports, tmp_path):
     wait_for(lambda: not [n for n in os.listdir(tmp_path / "images") if PART in n], "the temporary images to go", 5)
     wait_for(lambda: not os.listdir(tmp_path / "async"), "the job file to go", timeout=15)
     assert os.listdir(tmp_path / "images") == []
-    assert_nothing_left(tmp_path, dirs_before)
+    assert_nothing_left(tmp_path)
