@@ -32,6 +32,12 @@ def test_a_finished_conversion_shows_its_state_instead_of_an_eta():
     assert progress_line("web01", DONE) == "[web01] convert 100% 24/24 MiB 792 MiB/s done"
 
 
+def test_all_written_but_still_running_is_finishing():
+    """Syncing and, for qcow2, qemu-img convert come after the last byte: no "ETA 0:00" then."""
+    status = dict(DONE, state="running")
+    assert progress_line("web01", status) == "[web01] convert 100% 24/24 MiB 792 MiB/s finishing"
+
+
 def test_a_failed_conversion():
     status = dict(RUNNING, state="failed", error="interrupted by SIGTERM")
     assert progress_line("web01", status) == "[web01] convert 41% 310/740 MiB 85 MiB/s failed"

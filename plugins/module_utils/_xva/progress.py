@@ -153,7 +153,8 @@ def progress_line(label, status, waited=None):
 
     ``status`` is what ``read_status`` returned (None before the module wrote its first status;
     ``waited``, the seconds since the start, then says for how long).  The phase is the status's
-    ``phase`` when it has one; a state other than ``running`` is shown instead of the ETA.
+    ``phase`` when it has one; a state other than ``running``, or ``finishing`` once every byte
+    is written, is shown instead of the ETA.
     """
     if not status:
         line = "[%s] convert starting" % label
@@ -169,8 +170,11 @@ def progress_line(label, status, waited=None):
     if rate is not None:
         parts.append("%s MiB/s" % ("%.1f" % rate if rate < 10 else "%d" % round(rate)))
     state = status.get("state") or "running"
+    total = _number(status, "bytes_total")
     if state != "running":
         parts.append(str(state))
+    elif total and done is not None and done >= total:
+        parts.append("finishing")  # every byte is written: syncing, qcow2 conversion, renames
     else:
         eta = _number(status, "eta_s")
         parts.append("ETA " + (format_duration(eta) if eta is not None else "?"))
