@@ -17,8 +17,11 @@ description:
     least the sum of O(disk_bytes) plus O(margin_bytes). Each disk counts at its full virtual
     size because a raw image can grow to that and the XVA does not tell how much the guest uses.
     With O(allow_sparse) a shortfall is only a warning."
-  - "Tools: C(qemu-img) on PATH and the Python modules C(libvirt), C(xxhash) and C(zstandard)
-    for the interpreter the module runs with (packages of the C(xen2kvm.migration.kvm_host) role)."
+  - "Tools: the commands C(qemu-img), C(qemu-system-x86_64) and C(virsh) on PATH, and the Python
+    modules C(libvirt), C(xxhash) and C(zstandard) for the interpreter the module runs with. Each
+    one missing is named with its Debian package (C(qemu-utils), C(qemu-system-x86),
+    C(libvirt-clients), C(python3-libvirt), C(python3-xxhash), C(python3-zstandard)), and the
+    message says to run the C(xen2kvm.migration.kvm_host) role, which installs them."
   - "libvirt: a connection to O(uri) must open."
   - "Domain name: a libvirt domain called O(domain_name) must not exist, unless it was migrated
     by this collection (its metadata) from the Xen VM O(source_uuid), which is a rerun. Without
@@ -102,7 +105,8 @@ def check_libvirt(params):
     try:
         conn = libvirt.open(params["uri"])
     except libvirt.libvirtError as exc:
-        return ["cannot connect to libvirt at %s (is libvirtd running?): %s" % (params["uri"], exc)]
+        return ["cannot connect to libvirt at %s (is libvirtd running? Debian package libvirt-daemon-system, "
+                "role xen2kvm.migration.kvm_host): %s" % (params["uri"], exc)]
     try:
         return check_domain_name(conn, libvirt, params["domain_name"], params["source_uuid"])
     finally:

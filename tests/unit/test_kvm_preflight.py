@@ -1,13 +1,14 @@
 """kvm_preflight's checks that need no libvirtd: space (real statvfs) and tools (real PATH)."""
 
 import os
+import shutil
 import sys
 
 import pytest
 
 from ansible_run import run_module
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.preflight import (
-    GiB, check_space, check_tools, existing_ancestor, total_bytes)
+    GiB, REQUIRED_COMMANDS, check_space, check_tools, existing_ancestor, total_bytes)
 
 
 def free_of(path):
@@ -50,9 +51,27 @@ def test_missing_command_and_python_module_are_named(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     problems = check_tools(commands=(("qemu-img", "qemu-utils"),),
                            python_modules=(("json", "python3"), ("x2k_no_such_module", "python3-nothing")))
-    assert problems == ["command qemu-img not found on PATH (Debian package qemu-utils)",
+    assert problems == ["command qemu-img not found on PATH %s (Debian package qemu-utils)" % tmp_path,
                         "Python module x2k_no_such_module not importable by %s (Debian package python3-nothing)"
-                        % sys.executable]
+                        % sys.executable,
+                        "KVM host packages missing: python3-nothing, qemu-utils; run the role "
+                        "xen2kvm.migration.kvm_host on this host (or apt-get install python3-nothing qemu-utils)"]
+
+
+@pytest.mark.skipif(not all(shutil.which(c) for c, _p in REQUIRED_COMMANDS), reason="the KVM host tools are not installed")
+def test_a_path_without_qemu_img_names_it_its_package_and_the_kvm_host_role(monkeypatch, tmp_path):
+    """The default lists, looked up on a real PATH holding every required command but qemu-img."""
+    found = {command: shutil.which(command) for command, _package in REQUIRED_COMMANDS}
+    for command, path in found.items():
+        if command != "qemu-img":
+            (tmp_path / command).symlink_to(path)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    problems = check_tools(python_modules=())
+    assert problems == ["command qemu-img not found on PATH %s (Debian package qemu-utils)" % tmp_path,
+                        "KVM host packages missing: qemu-utils; run the role xen2kvm.migration.kvm_host on this "
+                        "host (or apt-get install qemu-utils)"]
+    (tmp_path / "qemu-img").symlink_to(found["qemu-img"])
+    assert check_tools(python_modules=()) == []
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/qemu-img"), reason="qemu-utils not installed")

@@ -24,10 +24,15 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain_
 
 GiB = 1 << 30
 DEFAULT_MARGIN_BYTES = GiB
-# What the migration runs on the KVM host, and the Debian package that provides it.
-REQUIRED_COMMANDS = (("qemu-img", "qemu-utils"),)
+# What the migration runs on the KVM host, and the Debian package that provides it: qemu-img
+# (qcow2, checks), the emulator libvirt starts, virsh (migrate.yml asks it for a domain's state),
+# and the Python modules of the libvirt binding and of the XVA checksums and zstd decoding (the
+# zstd command itself is never run).
+REQUIRED_COMMANDS = (("qemu-img", "qemu-utils"), ("qemu-system-x86_64", "qemu-system-x86"),
+                     ("virsh", "libvirt-clients"))
 REQUIRED_PYTHON_MODULES = (("libvirt", "python3-libvirt"), ("xxhash", "python3-xxhash"),
                            ("zstandard", "python3-zstandard"))
+KVM_HOST_ROLE = "xen2kvm.migration.kvm_host"
 
 
 def human(size):
@@ -82,15 +87,24 @@ def _importable(name):
 
 
 def check_tools(commands=REQUIRED_COMMANDS, python_modules=REQUIRED_PYTHON_MODULES):
-    """Problems for each required command not on PATH and each Python module not importable."""
+    """Problems for each required command not on PATH and each Python module not importable,
+    then one that names the packages to install and how."""
     problems = []
+    packages = []
     for command, package in commands:
         if not shutil.which(command):
-            problems.append("command %s not found on PATH (Debian package %s)" % (command, package))
+            problems.append("command %s not found on PATH %s (Debian package %s)" % (
+                command, os.environ.get("PATH", ""), package))
+            packages.append(package)
     for name, package in python_modules:
         if not _importable(name):
             problems.append("Python module %s not importable by %s (Debian package %s)" % (
                 name, sys.executable, package))
+            packages.append(package)
+    if packages:
+        packages = sorted(set(packages))
+        problems.append("KVM host packages missing: %s; run the role %s on this host (or apt-get install %s)" % (
+            ", ".join(packages), KVM_HOST_ROLE, " ".join(packages)))
     return problems
 
 
