@@ -112,6 +112,28 @@ def cleanup(names, images_dir):
     shutil.rmtree(images_dir, ignore_errors=True)
 
 
+def busy_cpu_seconds():
+    """CPU seconds the whole machine has been busy (all cores; /proc/stat minus idle and iowait)."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def qemu_cpu_seconds(names):
+    """CPU seconds the domains' qemu processes have used so far (TCG: the guests' boot work)."""
+    total = 0.0
+    for name in names:
+        try:
+            with open("/run/libvirt/qemu/%s.pid" % name) as handle:
+                pid = int(handle.read().strip())
+            with open("/proc/%d/stat" % pid) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def run_module(module, args, work):
     """One module as its own process; returns (seconds, result)."""
     args_file = work / ("%s.args.json" % module)
@@ -193,8 +215,12 @@ def measure(kind, func, names, index):
     work = world_readable_dir("x2k-bench-%s-" % kind)
     try:
         cleanup(names, work / "images")
+        busy = busy_cpu_seconds()
         result = func(work)
-        log("run %d %-8s %.1f s" % (index, kind, result["wall"]))
+        result["busy_cores"] = (busy_cpu_seconds() - busy) / result["wall"]
+        result["qemu_cpu"] = qemu_cpu_seconds(names)
+        log("run %d %-8s %.1f s, machine busy %.2f cores, qemu %.0f CPU s"
+            % (index, kind, result["wall"], result["busy_cores"], result["qemu_cpu"]))
         return result
     finally:
         cleanup(names, work / "images")
@@ -207,6 +233,12 @@ def med(values):
 
 def fmt_pair(values):
     return "%.1f / %.1f" % (min(values), med(values))
+
+
+def cpu_cells(runs):
+    if not all("busy_cores" in run for run in runs):
+        return "— | —"
+    return "%.2f | %.0f" % (med([run["busy_cores"] for run in runs]), med([run["qemu_cpu"] for run in runs]))
 
 
 def stage_split(runs):
@@ -235,11 +267,14 @@ def report(args, results):
     direct_rest = [r["wall"] - r["login_seconds"] for r in results["direct"]]
     one_rest = [r["wall"] - r["vms"][NAMES[0]]["login_seconds"] for r in results["one"]]
     rest = (min(one_rest) / min(direct_rest), med(one_rest) / med(direct_rest))
-    lines = ["| measurement | runs | wall min / median (s) |", "| --- | ---: | ---: |",
-             "| stages run directly as modules, 1 VM | %d | %s |" % (len(direct_walls), fmt_pair(direct_walls)),
-             "| migrate.yml, 1 VM | %d | %s |" % (len(one_walls), fmt_pair(one_walls)),
-             "| migrate.yml, 3 VMs, --forks 3, max_parallel %s | %d | %s |"
-             % (results.get("max_parallel") or "default", len(three_walls), fmt_pair(three_walls)),
+    lines = ["| measurement | runs | wall min / median (s) | machine busy (cores, median) | qemu CPU s (median) |",
+             "| --- | ---: | ---: | ---: | ---: |",
+             "| stages run directly as modules, 1 VM | %d | %s | %s |"
+             % (len(direct_walls), fmt_pair(direct_walls), cpu_cells(results["direct"])),
+             "| migrate.yml, 1 VM | %d | %s | %s |" % (len(one_walls), fmt_pair(one_walls), cpu_cells(results["one"])),
+             "| migrate.yml, 3 VMs, --forks 3, max_parallel %s | %d | %s | %s |"
+             % (results.get("max_parallel") or "default", len(three_walls), fmt_pair(three_walls),
+                cpu_cells(results["three"])),
              "",
              "| ratio | of mins | of medians | goal | verdict (medians) |", "| --- | ---: | ---: | ---: | --- |",
              "| migrate.yml 1 VM ÷ modules directly | %.2f× | %.2f× | ≤ %.1f× | %s |"
