@@ -345,16 +345,15 @@ def report(args, results):
     table = "\n".join(lines)
     print(table)
     if args.write_doc:
-        write_doc(Path(args.write_doc), table, args.runs)
+        write_doc(Path(args.write_doc), table, results)
     return ratios
 
 
-def write_doc(doc, table, runs):
+def write_doc(doc, table, results):
     start, end = "<!-- bench-migrate:start -->", "<!-- bench-migrate:end -->"
-    load = os.getloadavg()[0]
-    block = ("%s\nMeasured %s on %s (%d cores, load %.1f at the end), `make bench BENCH=migrate`, %d runs "
+    block = ("%s\nMeasured %s on %s (%d cores, load average %.1f at the end), `make bench BENCH=migrate`, %d runs "
              "of each, domain type qemu (TCG):\n\n%s\n%s") % (
-        start, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.uname().nodename, os.cpu_count(), load, runs,
+        start, results["measured_at"], results["host"], results["cores"], results["load"], len(results["direct"]),
         table, end)
     text = doc.read_text() if doc.exists() else "# Performance\n"
     if start in text and end in text:
@@ -377,7 +376,6 @@ def main():
     args = parser.parse_args()
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
-        args.runs = len(results["direct"])
         report(args, results)
         return
     if os.geteuid() != 0:
@@ -401,6 +399,8 @@ def main():
     finally:
         cleanup(NAMES, base / "images")
         shutil.rmtree(base, ignore_errors=True)
+    results.update(measured_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), host=os.uname().nodename,
+                   cores=os.cpu_count(), load=os.getloadavg()[0])
     if args.results_json:
         Path(args.results_json).write_text(json.dumps(results, indent=1))
     report(args, results)
