@@ -37,6 +37,7 @@ import argparse
 import glob
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -120,6 +121,13 @@ def busy_cpu_seconds():
     with open("/proc/stat") as handle:
         fields = [int(value) for value in handle.readline().split()[1:]]
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds():
+    """CPU seconds of this script's finished child processes and theirs: ansible-playbook, its
+    workers and modules, or the modules run directly (qemu is libvirtd's child, not counted)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def qemu_cpu_seconds(names):
@@ -244,12 +252,13 @@ def measure(kind, func, names, index):
     work = world_readable_dir("x2k-bench-%s-" % kind)
     try:
         cleanup(names, work / "images")
-        busy = busy_cpu_seconds()
+        busy, ours = busy_cpu_seconds(), children_cpu_seconds()
         result = func(work)
         result["busy_cores"] = (busy_cpu_seconds() - busy) / result["wall"]
+        result["our_cpu"] = children_cpu_seconds() - ours
         result["qemu_cpu"] = qemu_cpu_seconds(names)
-        log("run %d %-8s %.1f s, machine busy %.2f cores, qemu %.0f CPU s"
-            % (index, kind, result["wall"], result["busy_cores"], result["qemu_cpu"]))
+        log("run %d %-8s %.1f s, machine busy %.2f cores, qemu %.0f CPU s, ours %.1f CPU s"
+            % (index, kind, result["wall"], result["busy_cores"], result["qemu_cpu"], result["our_cpu"]))
         return result
     finally:
         cleanup(names, work / "images")
@@ -265,9 +274,10 @@ def fmt_pair(values):
 
 
 def cpu_cells(runs):
-    if not all("busy_cores" in run for run in runs):
-        return "— | —"
-    return "%.2f | %.0f" % (med([run["busy_cores"] for run in runs]), med([run["qemu_cpu"] for run in runs]))
+    cells = []
+    for key, form in (("busy_cores", "%.2f"), ("qemu_cpu", "%.0f"), ("our_cpu", "%.1f")):
+        cells.append(form % med([run[key] for run in runs]) if all(key in run for run in runs) else "—")
+    return " | ".join(cells)
 
 
 def stage_split(runs):
@@ -307,8 +317,9 @@ def report(args, results):
     rows = [("stages run directly as modules, 1 VM", "direct"), ("migrate.yml, 1 VM", "one"),
             ("migrate.yml, 3 VMs, --forks 3, max_parallel %s" % (results.get("max_parallel") or "default"), "three"),
             ("stages run directly as modules, 3 VMs at once (3 threads)", "direct3")]
-    lines = ["| measurement | runs | wall min / median (s) | machine busy (cores, median) | qemu CPU s (median) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| measurement | runs | wall min / median (s) | machine busy (cores, median) | qemu CPU s (median) "
+             "| ansible + modules CPU s (median) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     lines += ["| %s | %d | %s | %s |" % (label, len(walls[kind]), fmt_pair(walls[kind]), cpu_cells(results[kind]))
               for label, kind in rows if walls[kind]]
     lines += ["", "| ratio | of mins | of medians | goal | verdict (medians) |", "| --- | ---: | ---: | ---: | --- |",
