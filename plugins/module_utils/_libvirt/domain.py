@@ -192,9 +192,16 @@ def place_in_pool(conn, pool_name, disks, action, check_mode):
         placed.append({"src": src, "dest": dst, "action": action})
         if not check_mode:
             _place(src, dst, action, uid, gid)
-    if placed and not check_mode and pool.isActive():
+    if not check_mode and pool.isActive() and (placed or _not_yet_volumes(pool, result)):
         pool.refresh(0)
     return result, bool(placed), placed
+
+
+def _not_yet_volumes(pool, disks):
+    """True when an image already in the pool's directory (converted there: nothing to place) is
+    not one of its volumes: libvirt lists only the files it saw at its last refresh."""
+    known = set(pool.listVolumes())
+    return any(os.path.basename(disk["path"]) not in known for disk in disks)
 
 
 # ---------------------------------------------------------------------------- define

@@ -3,28 +3,17 @@
 boots and is reported, its rerun changes nothing; in a fleet a corrupt XVA fails with its stage
 and reason in the report while the good VM still migrates, and the run exits non-zero."""
 import glob
-import json
 import os
 import re
-import subprocess
 import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
-import yaml
 
-import guest_factory
-from ansible_run import PLAYBOOK
+from _play import KVM_HOST, QUIET_HOST, guest_xva, play, recap, report
 from xva_writer import VM, Disk, write_xva
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-MIGRATE = os.path.join(REPO, "playbooks", "migrate.yml")
-COLLECTIONS = os.path.join(REPO, "build", "collections")
-KVM_HOST = {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3"}
-# Settings that keep the host's networks untouched and make the boot check wait for login:.
-QUIET_HOST = {"kvm_domain_type": "qemu", "kvm_import_default_network": "user", "kvm_import_boot_wait_for": "login"}
 
 
 @pytest.fixture(name="names")
@@ -43,46 +32,11 @@ def names_fixture(conn, qemu_tmp, remove_domain):
             os.unlink(path)
 
 
-def guest_xva(workdir, name):
-    try:
-        guest = guest_factory.build_variant("deb12-pv", workdir / ("build-" + name))
-    except guest_factory.SuiteUnavailable as exc:
-        pytest.skip(str(exc))
-    guest.vm.name = name
-    guest.vm.uuid = str(uuid.uuid4())
-    xva = guest.xva(workdir / (name + ".xva"), checksum="sha1")
-    for disk in guest.disks:
-        os.unlink(disk)  # the XVA holds them now
-    return str(xva)
-
-
 def corrupt_xva(workdir, name):
     vm = VM(name=name, uuid=str(uuid.uuid4()), disks=[Disk(image=os.urandom(3 << 20), userdevice=0)])
     path = workdir / (name + ".xva")
     write_xva(str(path), vm, checksum="sha1", fault="corrupt_chunk")
     return str(path)
-
-
-def play(workdir, inventory, *extra):
-    inventory_path = workdir / "inventory.yml"
-    inventory_path.write_text(yaml.safe_dump(inventory))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_HOST_KEY_CHECKING="0", PWD=str(workdir))  # as a shell sets it
-    proc = subprocess.run([str(PLAYBOOK), "-i", str(inventory_path), MIGRATE] + list(extra), cwd=str(workdir),
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
-    return proc.returncode, proc.stdout
-
-
-def recap(output, host):
-    match = re.search(r"^%s\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)" % re.escape(host),
-                      output, re.M)
-    assert match, output
-    return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, match.groups())))
-
-
-def report(report_dir):
-    data = json.loads((report_dir / "migration-report.json").read_text())
-    return {entry["vm"]: entry for entry in data["vms"]}, (report_dir / "migration-report.md").read_text()
 
 
 def test_one_vm_from_the_command_line_boots_and_its_rerun_changes_nothing(qemu_tmp, names, conn):
