@@ -28,7 +28,7 @@ def test_a_slot_records_its_owner_and_holder(tmp_path):
         path, waited = slots.acquire("vmA", timeout=5)
         record = json.loads(open(path).read())
         assert record["pid"] == owner.pid and record["holder"] == "vmA"
-        assert record["start_time"] == process_start_time(owner.pid) is not None
+        assert record["start_time"] is not None and record["start_time"] == process_start_time(owner.pid)
         assert waited < 1 and os.path.dirname(path) == os.path.join(str(tmp_path), "kvm1")
         assert slots.acquire("vmA", timeout=0)[0] == path  # the same holder of the same run: its slot
         assert slots.holders() == ["vmA"]

@@ -129,7 +129,8 @@ def test_a_slot_left_by_a_killed_run_does_not_block_the_next(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.root
-def test_migrate_yml_holds_one_slot_per_vm_with_max_parallel_1(qemu_tmp, libvirt_uri, tmp_path):
+@pytest.mark.usefixtures("libvirt_uri")
+def test_migrate_yml_holds_one_slot_per_vm_with_max_parallel_1(qemu_tmp, tmp_path):
     """Three VMs on one KVM host with max_parallel: 1 and forks=3 go through the heavy stages one
     after the other (disks of random bytes: each converts and then fails in the fixup, which
     needs no boot). The waiters say whom they wait for, the wait is not counted in the transfer's
