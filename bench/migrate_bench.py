@@ -29,8 +29,11 @@ Needs root and libvirtd (scripts/libvirtd-up.sh starts it). Boots qemu: on a sha
 it under `flock /tmp/xen2kvm-heavy.lock`.
 
 Run: make bench BENCH=migrate, or .venv/bin/python bench/migrate_bench.py [--runs N]
-     [--write-doc PATH|''] (no shebang: run it with python). `make bench` runs xva_bench.py and
-     this script.
+     [--max-parallel N] [--write-doc PATH|''] [--results-json FILE] (no shebang: run it with
+     python); --from-json FILE prints (and writes) the tables of saved results again. `make bench`
+     runs xva_bench.py and this script. The table goes between the bench-migrate markers of
+     docs/performance.md; --max-parallel 0 keeps migrate.yml's default slot limit (2) for the
+     three VMs instead of 3.
 """
 
 import argparse
@@ -402,9 +405,11 @@ def main():
             results["direct"].append(measure("direct", lambda work: direct(first[NAMES[0]], work),
                                              NAMES[:1], index))
             warm(first.values())
-            results["one"].append(measure("one", lambda work: playbook(first, work, None, args.max_parallel), NAMES[:1], index))
+            results["one"].append(measure("one", lambda work: playbook(first, work, None, args.max_parallel),
+                                          NAMES[:1], index))
             warm(xvas.values())
-            results["three"].append(measure("three", lambda work: playbook(xvas, work, 3, args.max_parallel), NAMES, index))
+            results["three"].append(measure("three", lambda work: playbook(xvas, work, 3, args.max_parallel),
+                                            NAMES, index))
             warm(xvas.values())
             results["direct3"].append(measure("direct3", lambda work: direct_fleet(xvas, work), NAMES, index))
     finally:
