@@ -38,7 +38,7 @@ display = Display()
 # A line at most this often; polls in between only look whether the job ended.
 LINE_EVERY = 5.0
 # Polls start quick, so a short conversion is not held up, and settle at this interval.
-POLL_INTERVALS = (0.5, 1.0, 2.0, 2.5)
+POLL_INTERVALS = (0.2, 0.3, 0.5, 1.0, 2.0, 2.5)
 # The async limit when the task sets none: the conversion itself has no limit.
 JOB_LIMIT = 7 * 24 * 3600
 # Unreachable target for this long: give up following the job.
