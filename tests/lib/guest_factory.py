@@ -7,7 +7,13 @@
     img.xva(tmp_path / "deb12-pv.xva", checksum="xxhash", compression=None)
 
 CLI:  python tests/lib/guest_factory.py build VARIANT|all --out DIR [--xva] [--checksum sha1]
+      python tests/lib/guest_factory.py build VARIANT --out DIR --xva --name VM --data-disk-mib 64
       python tests/lib/guest_factory.py list
+
+``add_data_disk`` (CLI ``--data-disk-mib``) gives one built guest a second disk (``xvdb``: MBR,
+one ext4 partition mounted from fstab as ``/dev/xvdb1``); ``rename_vm`` (``--name``) gives its
+VM description another name and uuid. Both change only the private copies and the VM
+description, never the cache.
 
 How it is built (root needed; no mounts for PV guests):
   1. debootstrap --variant=minbase --include=<packages> SUITE into a tree cached per
@@ -46,6 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from guest_variants import ROOT_PASSWORD, SPECS, VARIANTS, VariantSpec  # noqa: E402
+from xva_writer import FAULTS  # noqa: E402
 
 # Bump to invalidate every cached tree and image (e.g. when the shaping logic changes).
 CACHE_VERSION = 3
@@ -54,9 +61,11 @@ MIRROR = os.environ.get("XEN2KVM_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 MIB = 1024 * 1024
 SECTOR = 512
 XEN_INITRAMFS_MODULES = ("xen-blkfront", "xen-netfront", "ext4")
+DATA_DISK_MARKER = "xen2kvm-data-disk"   # file at the top of add_data_disk's filesystem
 
 __all__ = ["VARIANTS", "SPECS", "GuestImage", "Filesystem", "build_variant", "ensure_image",
-           "list_initramfs", "CACHE_DIR", "GuestBuildError", "SuiteUnavailable"]
+           "list_initramfs", "CACHE_DIR", "GuestBuildError", "SuiteUnavailable", "add_data_disk",
+           "rename_vm", "DATA_DISK_MARKER"]
 
 
 class GuestBuildError(RuntimeError):
@@ -139,11 +148,12 @@ class GuestImage:
             return path[len("/boot"):]
         return path
 
-    def xva(self, path, checksum: str = "xxhash", compression=None) -> Path:
+    def xva(self, path, checksum: str = "xxhash", compression=None, fault=None) -> Path:
+        """Pack the VM into an XVA; ``fault``: one of xva_writer's malformed variants."""
         from xva_writer import write_xva
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_xva(str(path), self.vm, checksum=checksum, compression=compression)
+        write_xva(str(path), self.vm, checksum=checksum, compression=compression, fault=fault)
         return path
 
 
@@ -693,6 +703,75 @@ def _make_vm(spec: VariantSpec, disks: list, root_dev: str, uuids: dict):
               disks=vdisks, nics=[Nic(device=0, mac=spec.mac)])
 
 
+# --------------------------------------------------------------------------- variations of a built guest
+def rename_vm(img: GuestImage, name: str) -> GuestImage:
+    """The VM description under another name, with a uuid derived from that name: two builds of
+    one variant can then live in one libvirt (domain names and uuids must both differ)."""
+    img.vm.name = name
+    img.vm.uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"xen2kvm-test-guest-vm:{name}"))
+    return img
+
+
+def _debugfs(fs_image: str, commands: list) -> None:
+    """Run debugfs -w commands on a filesystem (``image?offset=N``); no mount, no loop device.
+    debugfs exits 0 even when a command fails, so anything it prints on stderr beyond its banner
+    is an error."""
+    p = run(["debugfs", "-w", "-f", "-", fs_image], input="\n".join(commands) + "\n")
+    errors = [line for line in p.stderr.splitlines() if line.strip() and not line.startswith("debugfs ")]
+    if errors:
+        raise GuestBuildError(f"debugfs on {fs_image}: " + "; ".join(errors))
+
+
+def add_data_disk(img: GuestImage, mib: int, mountpoint: str = "/srv/data") -> GuestImage:
+    """Give a built guest a second disk, as a Xen VM with a data disk has: ``xvdb`` with an MBR
+    and one ext4 partition (``/dev/xvdb1``) holding DATA_DISK_MARKER, mounted from the guest's
+    fstab on ``mountpoint``. The image goes beside the root disk's private copy; that copy's
+    /etc/fstab gains the line and the mount point is made with debugfs (the cache is untouched).
+    """
+    if img.bare_fs or len(img.disks) != 1:
+        raise GuestBuildError(f"{img.name}: a data disk needs a guest with one partitioned disk")
+    root_disk = Path(img.disks[0])
+    if img.cache_path is not None and root_disk.parent == img.cache_path:
+        raise GuestBuildError("add_data_disk changes the root disk: build the guest with copy=True")
+    fs_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"xen2kvm-test-guest-data:{img.vm.name}"))
+    disk = root_disk.with_name(f"{root_disk.name.rsplit('-disk', 1)[0]}-disk1.raw")
+    data = Filesystem(disk=1, offset=MIB, size=(mib - 1) * MIB, fstype="ext4", mountpoint=mountpoint,
+                      device="/dev/xvdb1", uuid=fs_uuid, partition=1)
+    stage = disk.with_name(disk.name + ".stage")
+    _safe_rmtree(stage)
+    (stage / "top").mkdir(parents=True)
+    try:
+        (stage / "top" / DATA_DISK_MARKER).write_text(f"{img.vm.name}\n")
+        with open(disk, "wb") as fh:
+            fh.truncate(mib * MIB)
+        label_id = "0x" + hashlib.sha256(f"{img.vm.name}-data".encode()).hexdigest()[:8]
+        run(["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", disk],
+            input=f"label: dos\nlabel-id: {label_id}\nunit: sectors\n\n"
+                  f"start={data.offset // SECTOR}, size={data.size // SECTOR}, type=83\n")
+        _mkfs("ext4", stage / "part1.img", data.size, fs_uuid, stage / "top")
+        _dd_into(stage / "part1.img", disk, data.offset)
+
+        root_fs = f"{root_disk}?offset={img.root_fs.offset}"
+        fstab = run(["debugfs", "-R", "cat /etc/fstab", root_fs], quiet=True).stdout
+        fstab = fstab.rstrip("\n") + f"\n{data.device}\t{mountpoint}\text4\tdefaults\t0\t2\n"
+        (stage / "fstab").write_text(fstab)
+        # mountpoint's parent must exist in the guest (/srv does in every Debian)
+        _debugfs(root_fs, [f"mkdir {mountpoint}", "rm /etc/fstab", f"write {stage / 'fstab'} /etc/fstab",
+                           "sif /etc/fstab mode 0100644", "sif /etc/fstab uid 0", "sif /etc/fstab gid 0"])
+    except BaseException:
+        disk.unlink(missing_ok=True)
+        raise
+    finally:
+        _safe_rmtree(stage)
+    from xva_writer import Disk
+    img.disks.append(disk)
+    img.filesystems.append(data)
+    img.vm.disks.append(Disk(image=str(disk), userdevice=1, device="xvdb", bootable=False,
+                             name=f"{img.vm.name} data",
+                             vdi_uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"xen2kvm-test-guest-vdi1:{img.vm.name}"))))
+    return img
+
+
 # --------------------------------------------------------------------------- inspection helpers
 def list_initramfs(initrd: Path, tree_hint: VariantSpec | None = None) -> list:
     """File list of an initramfs: host lsinitramfs, else the cached guest tree's (chroot)."""
@@ -720,7 +799,20 @@ def main(argv=None) -> int:
     b.add_argument("--xva", action="store_true", help="also write OUT/VARIANT.xva")
     b.add_argument("--checksum", default="xxhash", choices=["xxhash", "sha1"])
     b.add_argument("--compression", default=None, choices=["gzip", "zstd"])
+    b.add_argument("--name", help="the VM's name in the XVA (and its file name), with a uuid "
+                   "derived from it; default: the variant's name")
+    b.add_argument("--data-disk-mib", type=int, default=0, metavar="MIB",
+                   help="add a data disk of MIB MiB: xvdb, one ext4 partition mounted from fstab "
+                        "as /dev/xvdb1 on /srv/data")
+    b.add_argument("--fault", choices=sorted(FAULTS),
+                   help="write a malformed XVA (xva_writer's faults; needs --xva)")
+    b.add_argument("--xva-only", action="store_true",
+                   help="with --xva: keep only the XVA in OUT (the disk copies go once packed)")
     a = ap.parse_args(argv)
+    if a.cmd == "build" and (a.fault or a.xva_only) and not a.xva:
+        ap.error("--fault and --xva-only need --xva")
+    if a.cmd == "build" and (a.name or a.data_disk_mib) and a.variant == "all":
+        ap.error("--name and --data-disk-mib need one variant, not 'all'")
     if a.cmd == "list":
         for n in VARIANTS:
             s = SPECS[n]
@@ -730,12 +822,20 @@ def main(argv=None) -> int:
     for n in names:
         t0 = time.monotonic()
         img = build_variant(n, a.out)
+        if a.name:
+            rename_vm(img, a.name)
+        if a.data_disk_mib:
+            add_data_disk(img, a.data_disk_mib)
         line = {"name": n, "disks": [str(d) for d in img.disks], "from_cache": img.from_cache,
                 "seconds": round(time.monotonic() - t0, 1), "root_device": img.root_device,
                 "kernel": img.kernel_version}
         if a.xva:
-            line["xva"] = str(img.xva(a.out / f"{n}.xva", checksum=a.checksum,
-                                      compression=a.compression))
+            line["xva"] = str(img.xva(a.out / f"{img.vm.name}.xva", checksum=a.checksum,
+                                      compression=a.compression, fault=a.fault))
+        if a.xva_only:
+            for disk in img.disks:
+                os.unlink(disk)
+            line["disks"] = []
         print(json.dumps(line), flush=True)
     return 0
 
