@@ -2,7 +2,7 @@
 #
 # Every target that needs tools first runs scripts/install-deps.sh (Debian packages + .venv);
 # it takes well under a second when everything is there.  `make test` runs, in order and stopping
-# at the first failure: unit, integration, sanity, lint.
+# at the first failure: unit, integration, molecule, sanity, lint.
 
 SHELL        := /bin/bash
 .SHELLFLAGS  := -eu -o pipefail -c
@@ -34,14 +34,15 @@ define pytest_dir
 	exit $$rc
 endef
 
-.PHONY: help install test unit integration sanity lint demo bench build changelog clean distclean collection-link
+.PHONY: help install test unit integration molecule sanity lint demo bench build changelog clean distclean collection-link
 
 help:
 	@echo "make demo         build a sample Xen VM, migrate it into local libvirt, show it booting"
-	@echo "make test         install deps, then unit + integration + sanity + lint (stops at first failure)"
+	@echo "make test         install deps, then unit + integration + molecule + sanity + lint (stops at first failure)"
 	@echo "make install      Debian packages + .venv (idempotent; scripts/install-deps.sh)"
 	@echo "make unit         pytest tests/unit            (PYTEST_ARGS=...)"
 	@echo "make integration  pytest tests/integration     (root; starts libvirtd itself)"
+	@echo "make molecule     molecule test -s default, then -s fleet (extensions/molecule; root, libvirtd)"
 	@echo "make sanity       ansible-test sanity on a clean copy (SANITY_ARGS='--test pylint')"
 	@echo "make lint         ansible-lint --profile production (LINT_ARGS=...)"
 	@echo "make bench        bench/xva_bench.py + bench/migrate_bench.py (BENCH=xva|migrate: one)"
@@ -55,7 +56,7 @@ install:
 
 test: install
 	@start=$$(date +%s); \
-	for step in unit integration sanity lint; do \
+	for step in unit integration molecule sanity lint; do \
 	  t0=$$(date +%s); \
 	  $(MAKE) --no-print-directory SKIP_INSTALL=1 $$step; \
 	  echo "==> $$step passed in $$(( $$(date +%s) - t0 ))s"; \
@@ -67,6 +68,16 @@ unit: $(INSTALL)
 
 integration: $(INSTALL)
 	$(call pytest_dir,tests/integration)
+
+# The scenarios of extensions/molecule migrate NAUBackup-style exports into this machine's libvirt
+# (domain type qemu) with playbooks/migrate.yml; their create step builds the exports with
+# tests/lib/guest_factory.py, their destroy step removes everything again.
+molecule: $(INSTALL) collection-link
+	@$(REPO)/scripts/libvirtd-up.sh
+	@cd $(REPO) && for scenario in default fleet; do \
+	  echo "==> molecule test -s $$scenario"; \
+	  $(BIN)/molecule test -s $$scenario; \
+	done
 
 sanity: $(INSTALL)
 	@echo "==> ansible-test sanity"
