@@ -22,7 +22,7 @@ description:
     one missing is named with its Debian package (C(qemu-utils), C(qemu-system-x86),
     C(libvirt-clients), C(python3-libvirt), C(python3-xxhash), C(python3-zstandard)), and the
     message says to run the C(xen2kvm.migration.kvm_host) role, which installs them."
-  - "libvirt: a connection to O(uri) must open."
+  - "libvirt: a connection to O(uri) must open; O(pool), when given, must exist and hold files."
   - "Domain name: a libvirt domain called O(domain_name) must not exist, unless it was migrated
     by this collection (its metadata) from the Xen VM O(source_uuid), which is a rerun. Without
     O(source_uuid) any domain migrated by this collection is accepted."
@@ -36,9 +36,16 @@ requirements:
   - libvirt-python (Debian python3-libvirt); its absence is reported as a problem
 options:
   images_dir:
-    description: The directory the disk images will be written to; it need not exist yet.
+    description:
+      - The directory the disk images will be written to; it need not exist yet.
+      - Required unless O(pool) is given, whose directory is used instead.
     type: path
-    required: true
+  pool:
+    description:
+      - A libvirt storage pool the images will be written into. It must exist and be of a type
+        whose volumes are files (V(dir), V(fs), V(netfs)); its target directory is checked for
+        space instead of O(images_dir) and returned as RV(images_dir).
+    type: str
   disk_bytes:
     description: The virtual sizes of the VM's disks in bytes, one per disk (or one total).
     type: list
@@ -74,9 +81,25 @@ EXAMPLES = r"""
     disk_bytes: "{{ xen_source_spec.disks | map(attribute='virtual_size') | list }}"
     domain_name: "{{ xen_source_spec.name }}"
     source_uuid: "{{ xen_source_spec.uuid }}"
+
+- name: The same, for images written into the storage pool vmpool
+  xen2kvm.migration.kvm_preflight:
+    pool: vmpool
+    disk_bytes: [21474836480]
+    domain_name: TestVM01
+  register: preflight
+
+- name: Use KVM where it works
+  ansible.builtin.debug:
+    msg: "domain type {{ 'kvm' if preflight.kvm_usable else 'qemu' }}, images in {{ preflight.images_dir }}"
 """
 
 RETURN = r"""
+images_dir:
+  description: The directory checked for space, O(images_dir) or the directory of O(pool).
+  returned: always
+  type: str
+  sample: /var/lib/libvirt/images
 free_bytes:
   description: Free space for unprivileged users on the filesystem of O(images_dir).
   returned: always
@@ -90,25 +113,42 @@ problems:
   returned: always
   type: list
   elements: str
+domain_state:
+  description:
+    - The state of the existing domain O(domain_name) as virsh names it (V(running), V(paused),
+      V(shut off), ...); V(null) when there is no such domain or libvirt cannot be reached.
+  returned: always
+  type: str
+  sample: running
+kvm_usable:
+  description:
+    - Whether domains of type V(kvm) can run on this host, C(/dev/kvm) exists and the host is not
+      a Nested-PVM guest (C(/sys/module/kvm_pvm)), whose C(/dev/kvm) cannot run them. Otherwise
+      use domain type V(qemu).
+  returned: always
+  type: bool
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.binding import libvirt
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.preflight import (
-    check_domain_name, check_space, check_tools)
+    check_domain_name, check_space, check_tools, domain_state, kvm_usable, pool_directory)
 
 
 def check_libvirt(params):
+    """(problems, the state of the domain of that name or None, the pool's directory or None)."""
     if libvirt is None:
-        return []  # check_tools reports the missing binding
+        return [], None, None  # check_tools reports the missing binding
     try:
         conn = libvirt.open(params["uri"])
     except libvirt.libvirtError as exc:
         return ["cannot connect to libvirt at %s (is libvirtd running? Debian package libvirt-daemon-system, "
-                "role xen2kvm.migration.kvm_host): %s" % (params["uri"], exc)]
+                "role xen2kvm.migration.kvm_host): %s" % (params["uri"], exc)], None, None
     try:
-        return check_domain_name(conn, libvirt, params["domain_name"], params["source_uuid"])
+        problems, pool_dir = pool_directory(conn, libvirt, params["pool"]) if params["pool"] else ([], None)
+        problems += check_domain_name(conn, libvirt, params["domain_name"], params["source_uuid"])
+        return problems, domain_state(conn, libvirt, params["domain_name"]), pool_dir
     finally:
         conn.close()
 
@@ -116,7 +156,8 @@ def check_libvirt(params):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            images_dir=dict(type="path", required=True),
+            images_dir=dict(type="path"),
+            pool=dict(type="str"),
             disk_bytes=dict(type="list", elements="int", required=True),
             domain_name=dict(type="str", required=True),
             source_uuid=dict(type="str"),
@@ -124,15 +165,22 @@ def main():
             allow_sparse=dict(type="bool", default=False),
             uri=dict(type="str", default="qemu:///system"),
         ),
+        required_one_of=[("images_dir", "pool")],
         supports_check_mode=True,
     )
     params = module.params
-    problems, warnings, facts = check_space(params["images_dir"], params["disk_bytes"], params["margin_bytes"],
-                                            params["allow_sparse"])
-    problems += check_tools() + check_libvirt(params)
+    problems, state, pool_dir = check_libvirt(params)
+    images_dir = pool_dir or params["images_dir"]
+    if images_dir is None:  # the pool's problem is reported; nothing to check space on
+        space_problems, warnings, facts = [], [], dict(free_bytes=0, needed_bytes=0)
+    else:
+        space_problems, warnings, facts = check_space(images_dir, params["disk_bytes"], params["margin_bytes"],
+                                                      params["allow_sparse"])
+    problems = space_problems + check_tools() + problems
     for warning in warnings:
         module.warn(warning)
-    result = dict(changed=False, free_bytes=facts["free_bytes"], needed_bytes=facts["needed_bytes"], problems=problems)
+    result = dict(changed=False, images_dir=images_dir, free_bytes=facts["free_bytes"],
+                  needed_bytes=facts["needed_bytes"], problems=problems, domain_state=state, kvm_usable=kvm_usable())
     if problems:
         module.fail_json(msg="preflight for %s failed: %s" % (
             params["domain_name"], " ".join("(%d) %s." % (i, p) for i, p in enumerate(problems, 1))), **result)

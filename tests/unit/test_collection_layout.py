@@ -132,12 +132,13 @@ LOCAL_STATE = (".venv/bin/python", "build/demo/images/x.raw", "tests/output/juni
                ".mypy_cache/x", ".ruff_cache/x", f"{NAMESPACE}-{NAME}-0.0.1.tar.gz")
 DEVELOPER_TOOLING = ("Makefile", "scripts/install-deps.sh", "scripts/sanity.sh", "requirements-dev.txt",
                      ".ci/run", ".ansible-lint", "pytest.ini", "bench/xva_bench.py", "playbooks/demo.yml",
-                     ".gitignore")
+                     ".gitignore", "extensions/molecule/config.yml")
 EXCLUDED_DIRS = (".venv", "build", "tests/output", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache",
                  "bench", "scripts", ".ci")
 SHIPPED = ("COPYING", "README.md", "CHANGELOG.md", "meta/runtime.yml", "meta/execution-environment.yml",
            "requirements.txt", "bindep.txt", "changelogs/changelog.yaml", "changelogs/config.yaml",
-           "plugins/doc_fragments/xva_source.py", "roles/convert/meta/argument_specs.yml")
+           "plugins/doc_fragments/xva_source.py", "roles/convert/meta/argument_specs.yml", "playbooks/migrate.yml",
+           "plugins/action/xva_convert.py")
 
 
 def _copy_of_the_checkout(dest):

@@ -25,8 +25,8 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain_
 GiB = 1 << 30
 DEFAULT_MARGIN_BYTES = GiB
 # What the migration runs on the KVM host, and the Debian package that provides it: qemu-img
-# (qcow2, checks), the emulator libvirt starts, virsh (migrate.yml asks it for a domain's state),
-# and the Python modules of the libvirt binding and of the XVA checksums and zstd decoding (the
+# (qcow2, checks), the emulator libvirt starts, virsh (what users and the docs reach the domains
+# with), and the Python modules of the libvirt binding and of the XVA checksums and zstd decoding (the
 # zstd command itself is never run).
 REQUIRED_COMMANDS = (("qemu-img", "qemu-utils"), ("qemu-system-x86_64", "qemu-system-x86"),
                      ("virsh", "libvirt-clients"))
@@ -128,3 +128,41 @@ def check_domain_name(conn, libvirt, domain_name, source_uuid=None):
         return ["domain name %s is taken by a domain migrated from another Xen VM (%s, uuid %s), not from %s" % (
             domain_name, metadata.get("source-name") or "unnamed", theirs or "unknown", source_uuid)]
     return []
+
+
+# libvirt's virDomainState values as virsh spells them.
+DOMAIN_STATES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shut off",
+                 6: "crashed", 7: "pmsuspended"}
+
+
+def domain_state(conn, libvirt, domain_name):
+    """The state of the domain called ``domain_name`` ("running", "shut off", ...), None when there is none."""
+    try:
+        state, _reason = conn.lookupByName(domain_name).state()
+    except libvirt.libvirtError:
+        return None
+    return DOMAIN_STATES.get(state, "unknown")
+
+
+def kvm_usable(dev_kvm="/dev/kvm", nested_pvm="/sys/module/kvm_pvm"):
+    """Whether domains of type kvm can run: /dev/kvm is there and this host is not a Nested-PVM
+    guest, whose /dev/kvm opens but cannot run the guests libvirt defines."""
+    return os.path.exists(dev_kvm) and not os.path.exists(nested_pvm)
+
+
+# Pool types whose volumes are files in a directory, where xva_convert can write images.
+FILE_POOL_TYPES = ("dir", "fs", "netfs")
+
+
+def pool_directory(conn, libvirt, pool_name):
+    """(problems, the directory of the storage pool ``pool_name`` or None)."""
+    try:
+        pool = conn.storagePoolLookupByName(pool_name)
+    except libvirt.libvirtError as exc:
+        return ["storage pool %s: %s (make it with the role xen2kvm.migration.kvm_host, kvm_host_pool)"
+                % (pool_name, exc.get_error_message())], None
+    root = ET.fromstring(pool.XMLDesc(0))
+    if root.get("type") not in FILE_POOL_TYPES:
+        return ["storage pool %s is of type %s; only %s pools hold image files" % (
+            pool_name, root.get("type"), ", ".join(FILE_POOL_TYPES))], None
+    return [], root.findtext("target/path")

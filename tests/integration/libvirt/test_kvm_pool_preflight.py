@@ -1,5 +1,6 @@
 """kvm_pool and kvm_preflight against the real libvirtd."""
 
+import pathlib
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -58,10 +59,29 @@ def preflight_args(qemu_tmp, name, **extra):
 def test_preflight_domain_name_free_or_this_sources(conn, domain_name, qemu_tmp, run_module):
     r = run_module("kvm_preflight", preflight_args(qemu_tmp, domain_name), check=True)
     assert not r.get("failed") and r["problems"] == [], r
+    assert r["domain_state"] is None and r["images_dir"] == str(qemu_tmp)
 
     conn.defineXML(domain_xml(domain_name, XEN_UUID))
     r = run_module("kvm_preflight", preflight_args(qemu_tmp, domain_name))
     assert not r.get("failed") and r["problems"] == [], r
+    assert r["domain_state"] == "shut off"  # read through libvirt, for migrate.yml's rerun rule
+    assert r["kvm_usable"] is (pathlib.Path("/dev/kvm").exists() and not pathlib.Path("/sys/module/kvm_pvm").exists())
+
+
+def test_preflight_checks_space_in_the_pools_directory(conn, pool_name, domain_name, qemu_tmp, run_module):
+    args = preflight_args(qemu_tmp, domain_name, pool=pool_name)
+    del args["images_dir"]
+    r = run_module("kvm_preflight", args)
+    assert r.get("failed") and "storage pool %s" % pool_name in r["msg"] and "not found" in r["msg"], r
+
+    path = qemu_tmp / "pooldir"
+    r = run_module("kvm_pool", {"name": pool_name, "path": str(path)})
+    assert not r.get("failed"), r
+    r = run_module("kvm_preflight", args)
+    assert not r.get("failed") and r["images_dir"] == str(path), r
+
+    r = run_module("kvm_preflight", dict(args, disk_bytes=[1 << 60]))
+    assert r.get("failed") and str(path) in r["msg"], r  # the space shortfall names the pool's directory
 
 
 def test_preflight_domain_name_taken(conn, domain_name, qemu_tmp, run_module):
