@@ -530,6 +530,16 @@ class _TarOut:
 # --------------------------------------------------------------------------------------------
 # Checksums
 # --------------------------------------------------------------------------------------------
+def half_filled_disk(size: int, seed: int) -> bytes:
+    """A disk image of ``size`` bytes whose even MiBs hold data derived from ``seed`` and whose
+    odd MiBs are zero: the zero chunks are left out of an export, as xapi leaves them out."""
+    mib = 1 << 20
+    data = bytearray(size)
+    for index in range(0, size // mib, 2):
+        data[index * mib:(index + 1) * mib] = hashlib.shake_256(b"%d-%d" % (seed, index)).digest(mib)
+    return bytes(data)
+
+
 def chunk_checksum(kind: str, data) -> str:
     """The checksum member's text: SHA-1 lowercase hex, or XXH64 (seed 0) 16 uppercase hex."""
     if kind == "sha1":

@@ -8,7 +8,6 @@ The KVM host is 127.0.0.1 over a real sshd (tests/lib/sshd.py) with ``become``, 
 VMs are inventory hosts of their own, strategy free, the convert role delegated to the KVM host.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -23,19 +22,12 @@ import pytest
 import yaml
 
 from sshd import LoopbackSshd
-from xva_writer import VM, Disk, write_xva
+from xva_writer import Disk, VM, half_filled_disk, write_xva
 
 MiB = 1 << 20
 PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 PROGRESS = re.compile(r"^\[(?P<vm>\w+)\] convert (?P<pct>\d+)% \d+/\d+ MiB [\d.]+ MiB/s ETA (\d+:\d\d|\?)$")
 PART = ".xen2kvm-part"
-
-
-def disk_content(size, seed):
-    data = bytearray(size)
-    for index in range(0, size // MiB, 2):
-        data[index * MiB:(index + 1) * MiB] = hashlib.shake_256(b"%d-%d" % (seed, index)).digest(MiB)
-    return bytes(data)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +36,8 @@ def exports(tmp_path_factory):
     work = tmp_path_factory.mktemp("progress-exports")
     vms = {}
     for seed, name in enumerate(("web01", "db01"), start=1):
-        disks = [Disk(image=disk_content(16 * MiB, seed), userdevice=0),
-                 Disk(image=disk_content(8 * MiB, seed + 10), userdevice=1, device="xvdb")]
+        disks = [Disk(image=half_filled_disk(16 * MiB, seed), userdevice=0),
+                 Disk(image=half_filled_disk(8 * MiB, seed + 10), userdevice=1, device="xvdb")]
         vm = VM(name="progress-test-" + name, disks=disks)
         path = work / ("%s.xva" % name)
         write_xva(str(path), vm, checksum="xxhash")
@@ -243,7 +235,7 @@ def test_failures_give_the_module_error_and_leave_nothing(exports, tmp_path):
     stopped, its temporary files removed), a task with ``async`` and ``poll`` of its own - and
     check mode, which runs the module directly."""
     bad = tmp_path / "bad.xva"
-    write_xva(str(bad), VM(name="bad", disks=[Disk(image=disk_content(4 * MiB, 7))]), checksum="sha1",
+    write_xva(str(bad), VM(name="bad", disks=[Disk(image=half_filled_disk(4 * MiB, 7))]), checksum="sha1",
               fault="corrupt_chunk")
     _vm, web01 = exports["web01"]
     data = web01.read_bytes()

@@ -12,7 +12,7 @@ import ansible_run
 from ansible.module_utils.urls import open_url
 
 from xapi_double import XapiDouble, XapiVM
-from xva_writer import VM, Disk, Nic, write_xva
+from xva_writer import Disk, Nic, VM, half_filled_disk, write_xva
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva, xva_info
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader import XvaError
@@ -20,20 +20,12 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader impo
 MiB = 1 << 20
 
 
-def disk_content(size, seed):
-    import hashlib
-    data = bytearray(size)
-    for index in range(0, size // MiB, 2):
-        data[index * MiB:(index + 1) * MiB] = hashlib.shake_256(b"%d%d" % (seed, index)).digest(MiB)
-    return bytes(data)
-
-
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     work = tmp_path_factory.mktemp("xvamod")
     vm = VM(name="TestVM01", vcpus=2, memory_bytes=1024 * MiB,
-            disks=[Disk(image=disk_content(6 * MiB, 1), userdevice=0, bootable=True),
-                   Disk(image=disk_content(3 * MiB + 4096, 2), userdevice=1, device="xvdb")],
+            disks=[Disk(image=half_filled_disk(6 * MiB, 1), userdevice=0, bootable=True),
+                   Disk(image=half_filled_disk(3 * MiB + 4096, 2), userdevice=1, device="xvdb")],
             nics=[Nic(device=0, mac="de:ad:be:ef:00:01", network="Pool-wide network associated with eth0")])
     xva = work / "TestVM01.xva"
     write_xva(str(xva), vm, checksum="xxhash", compression="zstd")
@@ -76,7 +68,7 @@ def test_xva_convert_module_check_run_rerun(sample, tmp_path):
 
 def test_xva_convert_module_reports_bad_input(tmp_path):
     xva = tmp_path / "bad.xva"
-    write_xva(str(xva), VM(disks=[Disk(image=disk_content(4 * MiB, 3))]), checksum="sha1", fault="corrupt_chunk")
+    write_xva(str(xva), VM(disks=[Disk(image=half_filled_disk(4 * MiB, 3))]), checksum="sha1", fault="corrupt_chunk")
     result = run_module("xva_convert", {"src": str(xva), "dest": str(tmp_path / "o")}, expect_fail=True)
     assert "checksum mismatch" in result["msg"] and "Ref:" in result["msg"]
     assert os.listdir(tmp_path / "o") == []
@@ -120,7 +112,7 @@ def test_xva_convert_module_refuses_a_fresh_export_over_used_images(tmp_path):
     """A second export of the same VM (new Ref numbers, same VM uuid) must not replace images
     that may have run on KVM since; the message names both exports, force replaces."""
     vm = VM(name="TestVM02", uuid="6b0d3f4e-0000-4000-8000-0000000000aa",
-            disks=[Disk(image=disk_content(2 * MiB, 5), userdevice=0)])
+            disks=[Disk(image=half_filled_disk(2 * MiB, 5), userdevice=0)])
     monday, tuesday = tmp_path / "monday.xva", tmp_path / "tuesday.xva"
     write_xva(str(monday), vm, checksum="sha1")
     write_xva(str(tuesday), vm, checksum="sha1")

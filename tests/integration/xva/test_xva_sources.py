@@ -2,7 +2,6 @@
 HTTPS against a self-signed certificate trusted through ``ca_path``.  XenServer is the XAPI test
 double on 127.0.0.1; the XVA streams are real (tests/lib/xva_writer.py)."""
 
-import hashlib
 import json
 import os
 import re
@@ -17,7 +16,7 @@ import yaml
 from ansible.module_utils.urls import open_url
 
 from xapi_double import XapiDouble, XapiVM
-from xva_writer import VM, Disk, write_xva
+from xva_writer import Disk, VM, half_filled_disk, write_xva
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva, xva_info
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader import XvaError
@@ -28,17 +27,10 @@ PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 PASSWORD = "Zq7-not-in-any-output"
 
 
-def disk_content(size, seed):
-    data = bytearray(size)
-    for index in range(0, size // MiB, 2):
-        data[index * MiB:(index + 1) * MiB] = hashlib.shake_256(b"%d-%d" % (seed, index)).digest(MiB)
-    return bytes(data)
-
-
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     work = tmp_path_factory.mktemp("sources")
-    vm = VM(name="TestVM01", disks=[Disk(image=disk_content(24 * MiB, 1), userdevice=0)])
+    vm = VM(name="TestVM01", disks=[Disk(image=half_filled_disk(24 * MiB, 1), userdevice=0)])
     paths = {}
     for compression in (None, "gzip", "zstd"):
         paths[compression] = work / ("vm-%s.xva" % compression)

@@ -15,7 +15,7 @@ import pytest
 
 from ansible_run import run_module
 from sshd import LoopbackSshd, free_port, ssh_children_of
-from xva_writer import VM, Disk, write_xva
+from xva_writer import Disk, VM, half_filled_disk, write_xva
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva, xva_info
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader import XvaError
@@ -25,13 +25,6 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.stream impo
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[3]
 MODULES = REPO / "build" / "collections" / "ansible_collections" / "xen2kvm" / "migration" / "plugins" / "modules"
-
-
-def disk_content(size, seed):
-    data = bytearray(size)
-    for index in range(0, size // MiB, 2):
-        data[index * MiB:(index + 1) * MiB] = hashlib.shake_256(b"%d-%d" % (seed, index)).digest(MiB)
-    return bytes(data)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +37,8 @@ def sshd(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     work = tmp_path_factory.mktemp("exports")
-    vm = VM(name="TestVM01", disks=[Disk(image=disk_content(12 * MiB, 1), userdevice=0),
-                                    Disk(image=disk_content(4 * MiB, 2), userdevice=1)])
+    vm = VM(name="TestVM01", disks=[Disk(image=half_filled_disk(12 * MiB, 1), userdevice=0),
+                                    Disk(image=half_filled_disk(4 * MiB, 2), userdevice=1)])
     paths = {}
     for compression in (None, "gzip", "zstd"):
         paths[compression] = work / ("vm-%s.xva" % compression)
