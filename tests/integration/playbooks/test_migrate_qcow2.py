@@ -11,58 +11,26 @@ import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
-import yaml
 
-import guest_factory
-from ansible_run import PLAYBOOK
+from _play import KVM_HOST, QUIET_HOST, guest_xva, play, recap, report
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-MIGRATE = os.path.join(REPO, "playbooks", "migrate.yml")
-COLLECTIONS = os.path.join(REPO, "build", "collections")
-KVM_HOST = {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3"}
-QUIET_VM = {"ansible_connection": "local", "kvm_host": "localhost", "kvm_domain_type": "qemu",
-            "kvm_import_default_network": "user", "kvm_import_boot_wait_for": "login"}
-
-
-def play(workdir, inventory, *extra):
-    (workdir / "inventory.yml").write_text(yaml.safe_dump(inventory))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0",
-               XDG_CACHE_HOME=str(workdir / "cache"), PWD=str(workdir))
-    proc = subprocess.run([str(PLAYBOOK), "-i", str(workdir / "inventory.yml"), MIGRATE,
-                           "-e", "report_dir=%s" % (workdir / "reports")] + list(extra),
-                          cwd=str(workdir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          check=False)
-    return proc.returncode, proc.stdout
-
-
-def changed(output, host):
-    match = re.search(r"^%s\s*:\s*ok=\d+\s+changed=(\d+)" % re.escape(host), output, re.M)
-    assert match, output
-    return int(match.group(1))
+QUIET_VM = dict(QUIET_HOST, ansible_connection="local", kvm_host="localhost")
 
 
 def test_a_qcow2_vm_boots_from_qcow2_and_its_rerun_changes_nothing(qemu_tmp, conn, remove_domain):
     name = "x2k-qcow2-%s" % uuid.uuid4().hex[:8]
-    try:
-        guest = guest_factory.build_variant("deb12-pv", qemu_tmp / ("build-" + name))
-    except guest_factory.SuiteUnavailable as exc:
-        pytest.skip(str(exc))
-    guest.vm.name = name
-    guest.vm.uuid = str(uuid.uuid4())
-    xva = guest.xva(qemu_tmp / (name + ".xva"), checksum="sha1")
-    for disk in guest.disks:
-        os.unlink(disk)
+    xva = guest_xva(qemu_tmp, name)
     images = qemu_tmp / "images"
     inventory = {"all": {"children": {
         "kvm_hosts": {"hosts": {"localhost": dict(KVM_HOST, images_dir=str(images))}},
-        "xen_vms": {"hosts": {name: dict(QUIET_VM, xva=str(xva), disk_format="qcow2")}},
+        "xen_vms": {"hosts": {name: dict(QUIET_VM, xva=xva, disk_format="qcow2")}},
     }}}
     try:
-        rc, output = play(qemu_tmp, inventory)
+        rc, output = play(qemu_tmp, inventory, "-e", "report_dir=%s" % (qemu_tmp / "reports"))
         assert rc == 0, output
-        entry = {e["vm"]: e for e in json.loads((qemu_tmp / "reports" / "migration-report.json").read_text())["vms"]}[name]
+        entry = report(qemu_tmp / "reports")[0][name]
         assert entry["status"] == "migrated" and entry["login_seconds"] > 0, entry
         assert [d["format"] for d in entry["disks"]] == ["qcow2"] and entry["disks"][0]["path"].endswith(".qcow2")
         qcow2 = str(images / ("%s-disk0.qcow2" % name))
@@ -74,14 +42,14 @@ def test_a_qcow2_vm_boots_from_qcow2_and_its_rerun_changes_nothing(qemu_tmp, con
         assert sorted(os.listdir(images)) == sorted([os.path.basename(qcow2), ".%s.xen2kvm.json" % os.path.basename(qcow2)])
         made = os.stat(qcow2).st_ino
 
-        rc, output = play(qemu_tmp, inventory)
+        rc, output = play(qemu_tmp, inventory, "-e", "report_dir=%s" % (qemu_tmp / "reports"))
         assert rc == 0, output
-        assert changed(output, name) == 0 and changed(output, "localhost") == 0, output
+        assert recap(output, name)["changed"] == 0 and recap(output, "localhost")["changed"] == 0, output
         # The rerun only looked: no conversion, no fixup, no qcow2 made again.
         for task in ("Convert the XVA into disk images", "Make the guest bootable on KVM", "Turn the fixed raw images into qcow2"):
             assert re.search(r"^TASK \[%s\] \**\nskipping: \[%s\]" % (re.escape(task), re.escape(name)), output, re.M), output
         assert os.stat(qcow2).st_ino == made and not glob.glob(str(images / "*.raw"))
-        entry = {e["vm"]: e for e in json.loads((qemu_tmp / "reports" / "migration-report.json").read_text())["vms"]}[name]
+        entry = report(qemu_tmp / "reports")[0][name]
         assert entry["status"] == "unchanged" and entry["disks"][0]["path"] == qcow2, entry
     finally:
         remove_domain(conn, name)
@@ -95,7 +63,7 @@ def test_an_unknown_disk_format_is_refused_before_anything_runs(tmp_path):
         "xen_vms": {"hosts": {"vm1": {"ansible_connection": "local", "kvm_host": "kvm1", "xva": "/x.xva",
                                       "disk_format": "vmdk"}}},
     }}}
-    rc, output = play(tmp_path, inventory)
+    rc, output = play(tmp_path, inventory, "-e", "report_dir=%s" % (tmp_path / "reports"))
     assert rc != 0
     assert "VM vm1: disk_format vmdk is neither raw nor qcow2" in output, output
     assert "Migrate each VM" not in output
