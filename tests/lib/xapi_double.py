@@ -8,6 +8,7 @@ It behaves as XAPI is documented to, on 127.0.0.1 only:
 - ``GET /export?uuid=...|ref=...&session_id=...`` streams the VM's XVA with chunked transfer
   encoding and **no Content-Length**, after an optional redirect (XAPI redirects to the pool
   member that holds the VM), with HTTP basic auth accepted in place of a session;
+- a limited export rate on request (``bytes_per_second``), as a busy host's link would send it;
 - faults on request: stop the stream after N bytes (a dropped connection), reset the TCP
   connection after N bytes, or stall after N
   bytes (the connection stays open, nothing more is sent: a hung host, or a compressor holding
@@ -27,6 +28,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.parse
 import uuid as uuidlib
 import xmlrpc.client
@@ -53,7 +55,7 @@ class XapiDouble:
     """``with XapiDouble(vms, username="root", password="pw") as xapi: xapi.url``"""
 
     def __init__(self, vms, username="root", password="secret", redirect=True, cut_after=None,
-                 stall_after=None, tls=False, reset_after=None):
+                 stall_after=None, tls=False, reset_after=None, bytes_per_second=None):
         self.vms = list(vms)
         self.username = username
         self.password = password
@@ -61,6 +63,7 @@ class XapiDouble:
         self.cut_after = cut_after
         self.stall_after = stall_after
         self.reset_after = reset_after  # bytes, then a TCP reset (RST) instead of a clean close
+        self.bytes_per_second = bytes_per_second  # per export, as a busy host's link would send it
         self.tls = tls
         self.ca_file = None
         self.sessions = set()
@@ -233,8 +236,11 @@ def _handler_for(xapi):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             sent = 0
+            began = time.monotonic()
             with open(path, "rb") as handle:
                 while True:
+                    if xapi.bytes_per_second:
+                        time.sleep(max(began + sent / xapi.bytes_per_second - time.monotonic(), 0))
                     data = handle.read(CHUNK)
                     if not data:
                         break

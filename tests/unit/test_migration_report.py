@@ -47,6 +47,14 @@ def test_entry_sums_disks_and_stages_and_computes_conversion_speed():
     assert entry["failed_stage"] is None and entry["error"] is None
 
 
+def test_an_export_urls_credentials_never_reach_the_report():
+    url = "https://root:Pool-pw-1@xenhost1/export?uuid=5d1c&session_id=OpaqueRef:77aa"
+    entry = normalize_record(migrated(source=url), "2026-12-01T00:00:00+00:00")
+    assert entry["source"] == "https://xenhost1/export?uuid=5d1c&session_id=********"
+    markdown = render_markdown([entry], "2026-12-01T00:00:00+00:00")
+    assert "Pool-pw-1" not in markdown and "77aa" not in markdown and "xenhost1" in markdown
+
+
 def test_an_unchanged_run_has_no_conversion_speed():
     entry = normalize_record(migrated(status="unchanged", converted=False), "now")
     assert entry["conversion_mb_per_s"] is None and entry["status"] == "unchanged"

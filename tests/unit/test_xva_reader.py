@@ -328,6 +328,19 @@ def test_status_file_reports_progress(tmp_path):
     assert all(snap["bytes_total"] == 64 * MiB for snap in running)
 
 
+def test_status_of_a_file_source_counts_the_export_not_the_empty_disk(tmp_path):
+    """A 64 MiB disk holding 4 MiB: the export is what has to be read, so its size is the 100 %."""
+    data = bytearray(64 * MiB)
+    data[:4 * MiB] = os.urandom(4 * MiB)
+    xva = tmp_path / "sparse.xva"
+    write_xva(str(xva), VM(disks=[Disk(image=bytes(data), userdevice=0)]))
+    status = tmp_path / "status.json"
+    convert_xva(str(xva), str(tmp_path / "o"), status_file=str(status))
+    final = json.loads(status.read_text())
+    assert final["bytes_total"] == final["bytes_done"] == os.path.getsize(xva) < 8 * MiB
+    assert final["disk_bytes_total"] == 64 * MiB and final["percent"] == 100.0
+
+
 def test_disk_full_fails_cleanly(tmp_path):
     dest = tmp_path / "small"
     dest.mkdir()

@@ -13,6 +13,7 @@ import os
 import tempfile
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._durable import fsync_path
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.stream import redacted_source
 
 JSON_NAME = "migration-report.json"
 MARKDOWN_NAME = "migration-report.md"
@@ -72,7 +73,8 @@ def normalize_record(record, now):
     return {
         "vm": str(record["vm"]),
         "status": status,
-        "source": record.get("source") or "",
+        # A report is shared and kept: an export URL's credentials never reach it.
+        "source": redacted_source(record.get("source") or ""),
         "kvm_host": record.get("kvm_host") or "",
         "domain": record.get("domain") or "",
         "domain_type": record.get("domain_type") or "",

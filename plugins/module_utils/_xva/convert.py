@@ -296,9 +296,14 @@ class Conversion:
         total = sum(disk["virtual_size"] for disk in xva.spec["disks"])
 
         def snapshot():
-            done = sum(t.written for t in targets.values())
-            return done, total, {"stream_bytes_read": xva.raw.bytes_read, "stream_bytes_total": xva.raw.total,
-                                 "vm": xva.spec["name"]}
+            written = sum(t.written for t in targets.values())
+            extra = {"stream_bytes_read": xva.raw.bytes_read, "stream_bytes_total": xva.raw.total,
+                     "disk_bytes_done": written, "disk_bytes_total": total, "vm": xva.spec["name"]}
+            # The export leaves out the zero chunks, so where it is in the disks says little about
+            # how much is left; its own size, when known (a file), does. XAPI's HTTP export has none.
+            if xva.raw.total:
+                return min(xva.raw.bytes_read, xva.raw.total), xva.raw.total, extra
+            return written, total, extra
 
         with ProgressReporter(self.status_file, snapshot):
             reader = XvaReader(xva.tar, targets, xva.vdi_ids, self.verify, hash_in_reader=xva.compression is None)

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -35,14 +36,33 @@ def guest_xva(workdir, name, variant="deb12-pv"):
     return str(xva)
 
 
-def play(workdir, inventory, *extra):
+def _playbook_run(workdir, inventory, extra):
+    """The command line and environment of ansible-playbook migrate.yml on ``inventory``."""
     inventory_path = workdir / "inventory.yml"
     inventory_path.write_text(yaml.safe_dump(inventory))
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_HOST_KEY_CHECKING="0", PWD=str(workdir))  # as a shell sets it
-    proc = subprocess.run([str(PLAYBOOK), "-i", str(inventory_path), MIGRATE] + list(extra), cwd=str(workdir),
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    return [str(PLAYBOOK), "-i", str(inventory_path), MIGRATE] + list(extra), env
+
+
+def play(workdir, inventory, *extra):
+    cmd, env = _playbook_run(workdir, inventory, extra)
+    proc = subprocess.run(cmd, cwd=str(workdir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          check=False)
     return proc.returncode, proc.stdout
+
+
+def play_streaming(workdir, inventory, *extra):
+    """[(seconds since the start, line)] as the lines arrived, the last one ``rc N``."""
+    cmd, env = _playbook_run(workdir, inventory, extra)
+    started = time.monotonic()
+    lines = []
+    with subprocess.Popen(cmd, cwd=str(workdir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            lines.append((time.monotonic() - started, line))
+    lines.append((time.monotonic() - started, "rc %d\n" % proc.returncode))
+    return lines
 
 
 def recap(output, host):

@@ -156,3 +156,10 @@ def test_bad_sources_fail_clearly(sshd, tmp_path):
                                                transfer_mode="stage", transfer_stage_dir=str(tmp_path / "s")),
                               expect_fail=True)
     assert "No such file or directory" in output and not list((tmp_path / "s").iterdir())
+
+
+@pytest.mark.parametrize("url", ["https://root:pw@xenhost1:443/export?uuid=5d1c0b2e", "http://127.0.0.1:8080/export?ref=OpaqueRef:1"])
+def test_an_http_export_is_handed_to_the_converter_as_it_is(url):
+    # "http://host:..." also reads as the host:/path spelling; a URL is never an ssh source.
+    saved, _output = run_role("transfer", {"transfer_source": url}, save=["transfer_xva_src"])
+    assert saved["transfer_xva_src"] == url
