@@ -34,7 +34,7 @@ def test_a_fleet_over_http_shows_progress_and_boots(qemu_tmp, conn, remove_domai
                                                           max_parallel=3)}},
                 "xen_vms": {"hosts": hosts}}}}
             lines = play_streaming(qemu_tmp, inventory, "--forks", "3", "-e", "report_dir=%s" % (qemu_tmp / "reports"))
-        output = "".join(text for _, text in lines)
+        output = "".join(text for _at, text in lines)
         kept = pathlib.Path(REPO) / "tests" / "output" / "fleet-progress.log"
         kept.parent.mkdir(parents=True, exist_ok=True)
         kept.write_text(
@@ -46,8 +46,8 @@ def test_a_fleet_over_http_shows_progress_and_boots(qemu_tmp, conn, remove_domai
             seen = [(at, int(m.group("pct"))) for at, text in lines
                     for m in [PROGRESS.match(text)] if m and m.group("vm") == name]
             assert len(seen) >= 2, (name, output)
-            assert all(b - a <= 10 for (a, _), (b, _) in zip(seen, seen[1:])), seen
-            assert [p for _, p in seen] == sorted(p for _, p in seen), seen
+            assert all(later - earlier <= 10 for (earlier, _p1), (later, _p2) in zip(seen, seen[1:])), seen
+            assert [pct for _at, pct in seen] == sorted(pct for _at, pct in seen), seen
         entries, markdown = report(qemu_tmp / "reports")
         for name in names:
             assert entries[name]["status"] == "migrated" and entries[name]["login_seconds"] > 0, entries[name]
