@@ -175,10 +175,8 @@ class Conversion:
         nothing asks for it again; None when a conversion is due (which may still be refused)."""
         if not self._same_export(manifest, xva) or manifest.get("format") != self.fmt:
             return None
-        if images.recorded_paths(manifest) != list(paths):
-            return None
-        states = [images.image_state(item) for item in manifest["images"]]
-        if "missing" in states:
+        states = images.recorded_states(manifest, paths)
+        if states is None:
             return None
         if any(state == "modified" and self._owner(item["path"], manifest) is not manifest
                for item, state in zip(manifest["images"], states)):

@@ -195,6 +195,15 @@ def recorded_paths(manifest):
     return [item.get("path") for item in (manifest or {}).get("images", [])]
 
 
+def recorded_states(manifest, paths):
+    """``image_state`` of each image ``manifest`` records, when it records exactly ``paths`` and
+    none of them is missing; else None (the images are not, or no longer, that conversion's)."""
+    if recorded_paths(manifest) != list(paths):
+        return None
+    states = [image_state(item) for item in manifest["images"]]
+    return None if "missing" in states else states
+
+
 def write_manifest(path, ova_sha256, fmt, source, spec, disks, checksums):
     """Record what the images at the paths of ``disks`` were made from.  ``checksums``:
     ``{"requested": verify_checksums, "present": the XVA had checksum members,

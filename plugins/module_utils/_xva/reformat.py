@@ -62,10 +62,8 @@ def already_done(manifest, targets):
     done = images.read_manifest(images.manifest_path(targets))
     if done is None or done.get("ova_sha256") != manifest.get("ova_sha256") or done.get("format") != "qcow2":
         return None
-    if images.recorded_paths(done) != list(targets):
-        return None
-    states = [images.image_state(item) for item in done["images"]]
-    if "missing" in states:
+    states = images.recorded_states(done, targets)
+    if states is None:
         return None
     return [dict(disk, modified_since_conversion=state == "modified") for disk, state in zip(done["disks"], states)]
 

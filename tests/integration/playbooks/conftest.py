@@ -1,7 +1,10 @@
 """The libvirtd fixtures of tests/integration/libvirt (libvirt_uri, conn, qemu_tmp) and its
 cleanup_domain (as the fixture remove_domain), for tests that run whole playbooks against the real libvirtd."""
+import glob
 import importlib.util
+import os
 import pathlib
+import uuid
 
 import pytest
 
@@ -19,3 +22,19 @@ qemu_tmp = _FIXTURES.qemu_tmp
 def remove_domain_fixture():
     """cleanup_domain(conn, name): destroy and undefine a domain if it exists."""
     return _FIXTURES.cleanup_domain
+
+
+@pytest.fixture(name="vm_names")
+def vm_names_fixture(conn):
+    """vm_names(prefix): a unique VM name; its domain and serial logs are removed afterwards."""
+    made = []
+
+    def new(prefix="x2k-mig"):
+        made.append("%s-%s" % (prefix, uuid.uuid4().hex[:8]))
+        return made[-1]
+
+    yield new
+    for name in made:
+        _FIXTURES.cleanup_domain(conn, name)
+        for path in glob.glob("/var/log/libvirt/qemu/%s*.log" % name):
+            os.unlink(path)

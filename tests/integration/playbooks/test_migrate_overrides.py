@@ -41,23 +41,6 @@ def isolated_network_fixture(conn):
     network.destroy()
 
 
-@pytest.fixture(name="vm_names")
-def vm_names_fixture(conn, qemu_tmp, remove_domain):
-    """Unique VM names; their domains and serial logs are removed afterwards."""
-    made = []
-
-    def new():
-        made.append("x2k-ovr-%s" % uuid.uuid4().hex[:8])
-        return made[-1]
-
-    yield new
-    for name in made:
-        remove_domain(conn, name)
-        for path in ("/var/log/libvirt/qemu/%s.log" % name, "/var/log/libvirt/qemu/%s-serial.log" % name):
-            if os.path.exists(path):
-                os.unlink(path)
-
-
 @pytest.fixture(name="make_pool")
 def make_pool_fixture(conn, qemu_tmp):
     """make_pool(directory) -> name: a dir pool on ``directory``, made by the module kvm_pool as
@@ -100,7 +83,7 @@ def test_per_vm_overrides_reach_the_guest_and_the_domain(isolated_network, make_
     network, bridge = isolated_network
     images, own_dir = qemu_tmp / "images", qemu_tmp / "own-pool"
     pools = {"host": make_pool(images), "own": make_pool(own_dir)}
-    dhcp, isolated = vm_names(), vm_names()
+    dhcp, isolated = vm_names("x2k-ovr"), vm_names("x2k-ovr")
     variants = {dhcp: "deb12-pv", isolated: "deb12-pv-sysvinit"}
     vm_vars = {"ansible_connection": "local", "kvm_host": "localhost", "kvm_domain_type": "qemu",
                "kvm_import_boot_wait_for": "login"}
@@ -172,7 +155,7 @@ def test_per_vm_overrides_reach_the_guest_and_the_domain(isolated_network, make_
 def test_a_missing_storage_pool_stops_the_vm_before_it_is_converted(qemu_tmp, vm_names):
     """kvm_pool names no pool of the KVM host: the VM fails in kvm_preflight, saying so, and
     nothing is written (its XVA holds a disk with no filesystem: converted, it would fail the fixup)."""
-    name, pool = vm_names(), "x2k-ovr-nosuch-%s" % uuid.uuid4().hex[:8]
+    name, pool = vm_names("x2k-ovr"), "x2k-ovr-nosuch-%s" % uuid.uuid4().hex[:8]
     xva = str(qemu_tmp / (name + ".xva"))
     write_xva(xva, VM(name=name, uuid=str(uuid.uuid4()), disks=[Disk(image=os.urandom(2 << 20), userdevice=0)]),
               checksum="sha1")
