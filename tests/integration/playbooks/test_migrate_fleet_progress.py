@@ -2,8 +2,8 @@
 pool's link would send), three VMs with --forks 3 through playbooks/migrate.yml: every VM shows
 its progress (percent, MiB/s, ETA) at least every 10 s while it converts, with no FAILED -
 RETRYING walls, all three boot to login:, the report has a row for each, and the pool's
-password reaches neither the output nor the report. The whole output is kept in
-tests/output/fleet-progress.log for a look at what a user sees."""
+password reaches neither the output nor the report. The whole output and the report are kept in
+tests/output/fleet-progress.log and fleet-report.md for a look at what a user sees."""
 import pathlib
 import re
 import uuid
@@ -49,6 +49,7 @@ def test_a_fleet_over_http_shows_progress_and_boots(qemu_tmp, conn, remove_domai
             assert all(later - earlier <= 10 for (earlier, _p1), (later, _p2) in zip(seen, seen[1:])), seen
             assert [pct for _at, pct in seen] == sorted(pct for _at, pct in seen), seen
         entries, markdown = report(qemu_tmp / "reports")
+        kept.with_name("fleet-report.md").write_text(markdown)
         for name in names:
             assert entries[name]["status"] == "migrated" and entries[name]["login_seconds"] > 0, entries[name]
             assert re.search(r"^\| %s \| migrated \| localhost \|" % re.escape(name), markdown, re.M), markdown
