@@ -15,19 +15,11 @@ import yaml
 
 from ansible_run import PLAYBOOK
 from role_run import run_role
-from sshd import LoopbackSshd
 from xva_writer import VM, Disk, write_xva
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    server = LoopbackSshd(tmp_path_factory.mktemp("sshd")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

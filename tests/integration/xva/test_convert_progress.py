@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sshd import LoopbackSshd
 from xva_writer import Disk, VM, half_filled_disk, write_xva
 
 MiB = 1 << 20
@@ -43,13 +42,6 @@ def exports(tmp_path_factory):
         write_xva(str(path), vm, checksum="xxhash")
         vms[name] = (vm, path)
     return vms
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    server = LoopbackSshd(tmp_path_factory.mktemp("sshd")).start()
-    yield server
-    server.stop()
 
 
 class SlowFeed:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ansible_run import run_module
-from sshd import LoopbackSshd, free_port, ssh_children_of
+from sshd import free_port, ssh_children_of
 from xva_writer import Disk, VM, half_filled_disk, write_xva
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva, xva_info
@@ -25,13 +25,6 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.stream impo
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[3]
 MODULES = REPO / "build" / "collections" / "ansible_collections" / "xen2kvm" / "migration" / "plugins" / "modules"
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    server = LoopbackSshd(tmp_path_factory.mktemp("sshd")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
