@@ -8,8 +8,10 @@
 
 Every partition gets its own loop device (offset + sizelimit) because the hosts we run on
 have neither loop partition scanning nor device-mapper. The root filesystem is found by
-looking, the rest is mounted from the guest's own fstab, and host /dev /proc /sys /run are
-bound in so tools like update-initramfs and grub-install work in the chroot.
+looking, the rest is mounted from the guest's own fstab (nodev, nosuid), and the guest gets a
+private /dev (only the basic nodes and its own loop devices) and /run.  Nothing of the host is
+bound in: run_in_chroot gives each command its own namespaces, a fresh /proc and read-only
+/sys, and no capability to leave them (see sandbox.py), since the guest's code is untrusted.
 
 Leaving mounts or loop devices behind is the failure the seed procedure had, so cleanup is
 unconditional: it runs on success, on exceptions, and on SIGTERM/SIGHUP (turned into an
@@ -45,12 +47,20 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition
     probe_filesystem,
     read_partition_table,
 )
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.sandbox import (
+    SandboxUnavailable,
+    sandbox_command,
+    setup_failure,
+)
 
 # Where temp mount points go; /run is a tmpfs that a reboot empties, /tmp the fallback.
 MOUNT_BASES = ("/run/xen2kvm", tempfile.gettempdir())
 
-# Host filesystems bound into the guest, in mount order.
-HOST_BINDS = ("/proc", "/sys")
+# Mounted afresh, per command, inside the command's own namespaces (see sandbox.py); the
+# host's are never bound in: its /proc/<pid>/root leads into every host process's root.
+NAMESPACE_MOUNTS = ("/proc", "/sys")
+# A guest's own filesystems: device nodes or setuid binaries on them give nothing.
+GUEST_MOUNT_OPTIONS = "nodev,nosuid"
 # The chroot gets its own /dev and /run: package scripts in the guest (udev's postinst chgrp's
 # /dev/kvm to the guest's own gid for "kvm") must never reach the host's devices or daemons.
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty", "console")
@@ -315,12 +325,21 @@ class GuestMount:
 
         The environment is a clean, non-interactive one (CHROOT_ENV) updated with ``env``:
         the host's variables (locale, proxies, PATH) have no business in the guest.
+
+        The command is the guest's code, so it runs confined (sandbox.py): its own mount, PID,
+        IPC and UTS namespaces, pivoted into the guest, a fresh /proc and read-only /sys, and
+        without the capabilities to mount, mknod, load modules, ptrace or do raw I/O.
+        Whatever it leaves running is killed when it exits.
         """
         self._require_active()
         full_env = dict(CHROOT_ENV)
         if env:
             full_env.update(env)
-        command = ["chroot", self.root] + [str(a) for a in argv]
+        try:
+            command = sandbox_command(self.root, argv, proc=self._namespace_mount("/proc"),
+                                      sys_fs=self._namespace_mount("/sys"))
+        except SandboxUnavailable as exc:
+            raise GuestError(str(exc))
         try:
             proc = subprocess.run(command, env=full_env, input=input, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, universal_newlines=True,
@@ -328,9 +347,18 @@ class GuestMount:
         except subprocess.TimeoutExpired:
             raise GuestError("command %s did not finish within %s s in the guest chroot"
                              % (" ".join(str(a) for a in argv), timeout))
+        failure = setup_failure(proc.returncode, proc.stderr)
+        if failure is not None:
+            # Never retried unconfined: the guest's code does not run without the sandbox.
+            raise GuestError("cannot confine %s in the guest: %s" % (" ".join(str(a) for a in argv), failure))
         if check and proc.returncode != 0:
             raise GuestCommandError(argv, proc.returncode, proc.stdout, proc.stderr)
         return proc
+
+    def _namespace_mount(self, guest_dir):
+        """Whether commands get a fresh ``guest_dir`` (/proc, /sys): bind_host asks for them
+        and the guest has the directory to mount them on."""
+        return self.bind_host and os.path.isdir(resolve_guest_path(self.root, guest_dir))
 
     def resolve_source(self, source):
         """The _Volume an fstab source names (/dev/xvda1, UUID=, LABEL=, PARTUUID=, ...)."""
@@ -421,7 +449,7 @@ class GuestMount:
         self._make_private(self.root)
         self._mount_fstab()
         if self.bind_host:
-            self._bind_host_filesystems()
+            self._private_filesystems()
 
     def _make_tmpdir(self):
         bases = [self.mount_base] if self.mount_base else MOUNT_BASES
@@ -524,14 +552,14 @@ class GuestMount:
         device = volume.loop.device
         if probe:
             # Looking must never write: no journal replay, no superblock updates.
-            attempts = [["-o", ",".join(filter(None, ["ro", NO_REPLAY_OPTIONS.get(fstype)]))]]
+            attempts = [["-o", ",".join(filter(None, ["ro", NO_REPLAY_OPTIONS.get(fstype), GUEST_MOUNT_OPTIONS]))]]
         elif self.readonly:
-            attempts = [["-o", "ro"]]
+            attempts = [["-o", "ro," + GUEST_MOUNT_OPTIONS]]
             if fstype in NO_REPLAY_OPTIONS:
                 # A dirty journal cannot be replayed on a read-only loop device.
-                attempts.append(["-o", "ro," + NO_REPLAY_OPTIONS[fstype]])
+                attempts.append(["-o", "ro,%s,%s" % (NO_REPLAY_OPTIONS[fstype], GUEST_MOUNT_OPTIONS)])
         else:
-            attempts = [[]]
+            attempts = [["-o", GUEST_MOUNT_OPTIONS]]
         errors = []
         for options in attempts:
             # Explicit type first; if the kernel names it differently (ext2 handled by
@@ -709,31 +737,22 @@ class GuestMount:
                              ("ptmx", "pts/ptmx")):
             os.symlink(target, os.path.join(dev, name))
         os.mkdir(os.path.join(dev, "pts"))
-        self._mount_private("devpts", "devpts", os.path.join(dev, "pts"), "newinstance,ptmxmode=0666,mode=0620")
+        self._mount_private("devpts", "devpts", os.path.join(dev, "pts"), "newinstance,ptmxmode=0666,mode=0620,nosuid,noexec")
         os.mkdir(os.path.join(dev, "shm"))
-        self._mount_private("tmpfs", "xen2kvm-shm", os.path.join(dev, "shm"), "mode=1777,size=64m")
+        self._mount_private("tmpfs", "xen2kvm-shm", os.path.join(dev, "shm"), "mode=1777,size=64m,nosuid,nodev")
 
-    def _bind_host_filesystems(self):
+    def _private_filesystems(self):
+        """The private /dev and /run, and the directories run_in_chroot mounts /proc and /sys
+        on.  Nothing of the host is bound: see NAMESPACE_MOUNTS."""
         self._private_dev_and_run()
-        for host_dir in HOST_BINDS:
-            target = resolve_guest_path(self.root, host_dir)
-            if not os.path.isdir(host_dir):
+        for guest_dir in NAMESPACE_MOUNTS:
+            target = resolve_guest_path(self.root, guest_dir)
+            if os.path.isdir(target):
                 continue
-            if not os.path.isdir(target):
-                if self.readonly:
-                    self.cleanup_warnings.append("guest has no %s; not bound" % host_dir)
-                    continue
-                os.makedirs(target, mode=0o755)
-            proc = _run(["mount", "--bind", host_dir, target])
-            if proc.returncode != 0:
-                raise GuestError("cannot bind %s into the guest: %s"
-                                 % (host_dir, proc.stderr.strip()))
-            self._mounts.append({"source": host_dir, "target": target, "guest_path": host_dir,
-                                 "fstype": "bind", "kind": "bind", "volume": None,
-                                 "options": "bind"})
-            # A slave bind sees host changes but sends nothing back: a mount made inside
-            # the chroot must not appear on the host.
-            _run(["mount", "--make-rslave", target])
+            if self.readonly:
+                self.cleanup_warnings.append("guest has no %s; commands run without it" % guest_dir)
+                continue
+            os.makedirs(target, mode=0o755)
 
     # ----------------------------------------------------------------- signals
 

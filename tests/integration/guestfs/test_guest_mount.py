@@ -167,11 +167,15 @@ def test_mbr_guest_mount_and_chroot(mbr_image):
         assert os.path.isfile(guest.guest_path("/boot/grub/grub.cfg"))
         kinds = [(m["kind"], m["guest_path"]) for m in guest.mounts]
         assert kinds[:2] == [("root", "/"), ("fstab", "/boot")]
-        # A private /dev (with its devpts and shm) and /run; only /proc and /sys come from the host.
-        assert sorted(k for k, _path in kinds[2:]) == ["bind", "bind"] + ["private"] * 4
-        assert [m["fstype"] for m in guest.mounts if m["kind"] == "bind"] == ["bind", "bind"]
-        for bound in ("/dev", "/proc", "/sys", "/run", "/dev/pts"):
-            assert os.path.ismount(guest.guest_path(bound))
+        # A private /dev (with its devpts and shm) and /run; nothing is bound from the host.
+        assert sorted(k for k, _path in kinds[2:]) == ["private"] * 4
+        for private in ("/dev", "/run", "/dev/pts"):
+            assert os.path.ismount(guest.guest_path(private))
+        # /proc and /sys are mounted per command, in that command's namespaces only.
+        for fresh in ("/proc", "/sys"):
+            assert not os.path.ismount(guest.guest_path(fresh))
+        assert all("nodev" in m["options"] and "nosuid" in m["options"]
+                   for m in guest.mounts if m["kind"] in ("root", "fstab"))
         # Whole disk at offset 0 for grub-install; partitions at their own offsets.
         (whole,) = guest.whole_disk_loops
         assert loop_status(whole)["offset"] == 0 and loop_status(whole)["sizelimit"] == 0
@@ -194,8 +198,9 @@ def test_mbr_guest_mount_and_chroot(mbr_image):
             out = guest.run_in_chroot(["/bin/sh", "-c", "cat /etc/xen2kvm-test; echo $FOO"],
                                       env={"FOO": "bar"}).stdout
             assert out == "written\nbar\n"
-            # /proc inside is the bound host /proc.
+            # /proc inside is the command's own: the kernel's files, but only its own processes.
             assert "cpu" in guest.run_in_chroot(["/bin/cat", "/proc/cpuinfo"]).stdout
+            assert guest.run_in_chroot(["/bin/sh", "-c", "cd /proc && echo [0-9]*"]).stdout == "1\n"
             assert guest.run_in_chroot(["/bin/false"], check=False).returncode == 1
             with pytest.raises(GuestCommandError, match="exit code 1"):
                 guest.run_in_chroot(["/bin/false"])
@@ -500,12 +505,67 @@ def test_unrecorded_mounts_and_loops_are_swept(mbr_image):
     assert_clean(mbr_image, root)
 
 
+def _host_processes_with_argv(argv):
+    wanted = "\0".join(argv).encode() + b"\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as fobj:
+                if entry.isdigit() and fobj.read() == wanted:
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 @pytest.mark.skipif(BUSYBOX is None, reason="needs a static busybox for the guest shell")
-def test_processes_left_in_the_chroot_are_killed(mbr_image):
+def test_processes_left_in_the_chroot_die_with_the_command(mbr_image):
+    """A daemon a maintainer script starts is killed with it (its PID namespace ends)."""
     with GuestMount([mbr_image]) as guest:
         root = guest.root
-        guest.run_in_chroot(["/bin/sh", "-c", "sleep 300 </dev/null >/dev/null 2>&1 &"])
-    assert any("killed processes" in w for w in guest.cleanup_warnings)
+        guest.run_in_chroot(["/bin/sh", "-c", "sleep 3001 </dev/null >/dev/null 2>&1 &"])
+        assert _host_processes_with_argv(["sleep", "3001"]) == []
+    assert_clean(mbr_image, root)
+
+
+CAP_BITS = {"CAP_NET_ADMIN": 12, "CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17, "CAP_SYS_PTRACE": 19,
+            "CAP_SYS_ADMIN": 21, "CAP_SYS_BOOT": 22, "CAP_MKNOD": 27}
+
+CONFINEMENT_PROBE = r"""
+grep -E '^Cap(Bnd|Eff|Prm|Inh)' /proc/self/status
+busybox mknod /dev/xen2kvm-disk b 7 0 2>/dev/null && echo MKNOD-OK
+busybox mount -t tmpfs none /tmp 2>/dev/null && echo MOUNT-OK
+pattern=$(cat /proc/sys/kernel/core_pattern)
+echo "$pattern" 2>/dev/null > /proc/sys/kernel/core_pattern && echo PROCSYS-WRITABLE
+true 2>/dev/null > /sys/kernel/uevent_helper && echo SYS-WRITABLE
+busybox hostname xen2kvm-guest 2>/dev/null && echo HOSTNAME-OK
+cat /proc/self/mountinfo
+"""
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="needs a static busybox for the guest shell")
+def test_chroot_commands_are_confined(mbr_image):
+    """The guest's code can neither mount, mknod, write kernel knobs nor see the host's tree."""
+    with GuestMount([mbr_image]) as guest:
+        root = guest.root
+        out = guest.run_in_chroot(["/bin/sh", "-c", CONFINEMENT_PROBE], check=False).stdout
+        with open(guest.guest_path("/dev/null")):
+            pass
+        assert not os.path.exists(guest.guest_path("/dev/xen2kvm-disk"))
+    for word in ("MKNOD-OK", "MOUNT-OK", "PROCSYS-WRITABLE", "SYS-WRITABLE", "HOSTNAME-OK"):
+        assert word not in out, out
+    caps = dict(line.split(":\t") for line in out.splitlines() if line.startswith("Cap"))
+    for name, bit in CAP_BITS.items():
+        for kind in ("CapBnd", "CapEff", "CapPrm", "CapInh"):
+            assert not int(caps[kind], 16) & (1 << bit), "%s in %s: %s" % (name, kind, out)
+    mounts = [line.split()[4] for line in out.splitlines() if line[:1].isdigit()]
+    # pivot_root into the guest with the host's root detached: only the guest's tree is left.
+    assert mounts[0] == "/" and root not in out, out
+    assert set(mounts) <= {"/", "/boot", "/dev", "/dev/pts", "/dev/shm", "/run", "/proc", "/sys"} | {
+        "/proc/" + name for name in ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "driver",
+                                     "asound", "kcore", "keys", "timer_list", "sched_debug", "latency_stats",
+                                     "kallsyms")}, mounts
+    assert os.uname().nodename != "xen2kvm-guest"
     assert_clean(mbr_image, root)
 
 
