@@ -8,7 +8,8 @@ its virtio NIC ``ens3`` or ``enp1s0``, and a static ``eth0`` stanza would never 
 how-to fell into that with DHCP on ``eth0``).  The names are pinned with ``net.ifnames=0`` on
 the kernel command line (set by the console/bootloader step), ``enX<n>`` references become
 ``eth<n>``, stale persistent-net rules holding the Xen MACs are removed, and the address is
-kept as it was unless ``network: dhcp`` is asked for.
+kept as it was unless ``network: dhcp`` is asked for.  Netplan files (Ubuntu-style guests) are
+YAML and have their own unit, ``netplan``.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -16,6 +17,8 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import re
+
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import netplan
 
 PERSISTENT_NET_RULES = "/etc/udev/rules.d/70-persistent-net.rules"
 _ENX = re.compile(r"\benX(\d+)\b")
@@ -56,6 +59,8 @@ def networkd_to_dhcp(text):
 def apply(guest, facts, network="keep"):
     """Fixup entry point."""
     net = facts["network"]
+    if net.get("netplan"):
+        netplan.require_yaml()  # before any change: a guest half-fixed for its network helps nobody
     # interfaces.d/*.xen2kvm left by an earlier version is sourced as configuration: move it away
     # and never edit it (each run used to back up the backup).
     legacy = set(guest.relocate_legacy_backups())
@@ -76,9 +81,4 @@ def apply(guest, facts, network="keep"):
         if text is not None:
             new = rename_xen_interfaces(text)
             guest.write(path, networkd_to_dhcp(new) if network == "dhcp" else new, "interface names on virtio")
-    for path in net.get("netplan") or []:
-        text = guest.read(path)
-        if text is not None:
-            guest.write(path, rename_xen_interfaces(text), "interface names on virtio")
-    if network == "dhcp" and net.get("netplan"):
-        guest.warn("netplan files were renamed but not switched to DHCP; edit them for DHCP")
+    netplan.apply(guest, net.get("netplan") or [], network)
