@@ -4,6 +4,7 @@ rendering, NetworkManager's export) with Xen's ``enX<n>``/``eth<n>`` NICs; every
 compared whole and run a second time."""
 
 import os
+import re
 import stat
 
 import pytest
@@ -68,6 +69,27 @@ network:
         macaddress: "00:16:3e:5a:8b:01"
       set-name: enX0
       addresses: [192.0.2.12/24]
+"""
+
+# The guest factory's ubuntu-like variant (tests/lib/guestfs_build.py): cloud-init's rendering of
+# a config drive's network data, matched by MAC, set-name enX0, renderer networkd.
+UBUNTU_LIKE = CLOUD_INIT_HEADER + """\
+network:
+    ethernets:
+        enX0:
+            addresses:
+            - 192.0.2.41/24
+            match:
+                macaddress: aa:00:00:22:00:01
+            nameservers:
+                addresses:
+                - 192.0.2.1
+            routes:
+            -   to: default
+                via: 192.0.2.1
+            set-name: enX0
+    renderer: networkd
+    version: 2
 """
 
 NM_RENDERER = """\
@@ -211,6 +233,21 @@ network:
 """
 
 
+def test_the_factory_ubuntu_like_guest_keeps_its_file_or_goes_on_dhcp_with_networkd():
+    assert fixed(UBUNTU_LIKE) == UBUNTU_LIKE
+    assert fixed(UBUNTU_LIKE, dhcp=True) == CLOUD_INIT_HEADER + """\
+network:
+    ethernets:
+        enX0:
+            dhcp4: true
+            match:
+                macaddress: aa:00:00:22:00:01
+            set-name: enX0
+    renderer: networkd
+    version: 2
+"""
+
+
 def test_networkmanager_renderer_is_kept():
     assert fixed(NM_RENDERER) == NM_RENDERER.replace("    enX0:   # Xen netfront", "    eth0:   # Xen netfront")
     assert fixed(NM_RENDERER, dhcp=True) == """\
@@ -333,10 +370,13 @@ network:
 """
 
 
-def test_no_renderer_is_ever_added():
-    for text in (CLOUD_INIT_ENX0, CLOUD_INIT_ETH0_MAC, NM_EXPORTED):
+def test_renderers_are_kept_and_never_added():
+    def renderers(text):
+        return re.findall(r"(?m)^\s*renderer:\s*(\S+)", text)
+    for text in (CLOUD_INIT_ENX0, CLOUD_INIT_ETH0_MAC, ENX0_BY_MAC, UBUNTU_LIKE, NM_RENDERER, NM_EXPORTED, MULTI_NIC):
         for dhcp in (False, True):
-            assert "\n  renderer:" not in fixed(text, dhcp) and "\n    renderer:" not in fixed(text, dhcp)
+            assert renderers(fixed(text, dhcp)) == renderers(text)
+    assert renderers(CLOUD_INIT_ENX0) == [] and renderers(NM_EXPORTED) == ["NetworkManager"]
 
 
 def test_a_file_already_right_is_left_byte_for_byte():
