@@ -102,6 +102,14 @@ options:
         C(platform:secureboot=true)) - OVMF's Secure Boot build with Microsoft's keys enrolled,
         SMM on, machine C(q35) - and is off otherwise. Set C(spec.secure_boot) to false to boot
         such a guest without it.
+      - "A UEFI domain gets its own NVRAM, copied from OVMF's template when it first starts
+        (C(/var/lib/libvirt/qemu/nvram/NAME_VARS.fd)). It holds none of the Xen VM's boot entries,
+        so the guest boots through C(\\EFI\\BOOT\\BOOTX64.EFI) (the guest_fixup module puts it there).
+        The NVRAM is deleted, to start again from the template, when the domain is new, replaces a
+        domain of another VM, was a BIOS domain, changes its Secure Boot setting, or when a disk
+        image is not one of the files the NVRAM was made for (recorded by inode number in the
+        domain's metadata; a new conversion writes new files). A rerun with the same images keeps it.
+        A running domain's NVRAM is never deleted: the module warns and a later run deletes it."
     type: str
     choices: [bios, uefi]
   graphics:
@@ -144,6 +152,14 @@ options:
     type: str
     choices: [move, copy]
     default: move
+  reset_nvram:
+    description:
+      - Delete the UEFI domain's NVRAM (boot entries, UEFI settings) even when its images are the
+        same files, so the next start copies OVMF's template; for images on block devices, whose
+        replacement the module cannot see. Every run with it is a change. No effect on BIOS domains
+        or while the domain runs.
+    type: bool
+    default: false
   remove_disks:
     description: With O(state=absent), also delete the domain's disk images (through the storage
       pool when an image is a pool volume). They are kept by default.
@@ -240,6 +256,16 @@ disks:
   type: list
   elements: dict
   sample: [{path: /var/lib/libvirt/images/TestVM01-disk0.qcow2, format: qcow2}]
+nvram_reset:
+  description: The UEFI domain's NVRAM was deleted (or would be, in check mode); it starts again from
+    OVMF's template at the next start.
+  returned: when O(state) is not V(absent)
+  type: bool
+nvram_reset_reason:
+  description: Why the NVRAM was reset, empty when it was not.
+  returned: when O(state) is not V(absent)
+  type: str
+  sample: "the disk images were replaced (a new conversion): the old boot entries are stale"
 placed:
   description: Images moved or copied into O(pool) (C(src), C(dest), C(action)).
   returned: when O(state) is not V(absent)
@@ -282,6 +308,7 @@ def main():
             pool=dict(type="str"),
             pool_action=dict(type="str", choices=["move", "copy"], default="move"),
             remove_disks=dict(type="bool", default=False),
+            reset_nvram=dict(type="bool", default=False),
         ),
         required_if=[("state", "defined", ["spec"]), ("state", "running", ["spec"])],
         required_one_of=[("spec", "name")],

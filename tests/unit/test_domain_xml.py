@@ -493,3 +493,83 @@ def test_virt_xml_validate_secure_boot(tmp_path):
     proc = subprocess.run(["virt-xml-validate", str(path), "domain"], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, universal_newlines=True, check=False)
     assert proc.returncode == 0, proc.stdout + xml
+
+
+# ------------------------------------------------------------------ the UEFI NVRAM's lifetime
+
+
+UEFI = dict(SPEC, firmware="uefi")
+
+
+def uefi_xml(spec=UEFI, images=("1201", "1202", "1203"), **kw):
+    return build(spec, uuid="11111111-2222-3333-4444-555555555555", nvram_images=list(images), **kw)[0]
+
+
+def test_the_images_the_nvram_is_for_are_recorded_for_uefi_only():
+    root = ET.fromstring(uefi_xml(images=("1201", "-", "1203")))
+    assert root.findtext("metadata/x2k:migration/x2k:nvram-images", namespaces=NS) == "1201 - 1203"
+    assert dx.recorded_images(root) == ["1201", "-", "1203"]
+    bios = build_root(SPEC, nvram_images=["1201"])
+    assert bios.find("metadata/x2k:migration/x2k:nvram-images", namespaces=NS) is None
+    assert dx.recorded_images(bios) is None
+
+
+def test_a_plain_rerun_keeps_the_nvram():
+    stored = _as_stored(uefi_xml())
+    assert dx.nvram_reset_reason(stored, uefi_xml(), owned=True) is None
+    # The same files named again in another order, a block device among them: still the same guest.
+    assert dx.nvram_reset_reason(stored, uefi_xml(images=("1203", "1201", "-")), owned=True) is None
+    # A domain defined before the record existed: nothing tells the images apart, so it is kept.
+    older = _as_stored(build(UEFI, uuid="11111111-2222-3333-4444-555555555555")[0])
+    assert dx.nvram_reset_reason(older, uefi_xml(images=("9", "9", "9")), owned=True) is None
+
+
+def test_replaced_images_reset_the_nvram():
+    stored = _as_stored(uefi_xml())
+    reason = dx.nvram_reset_reason(stored, uefi_xml(images=("7301", "1202", "1203")), owned=True)
+    assert reason and "disk images were replaced" in reason
+
+
+@pytest.mark.parametrize("stored_kw, owned, new_kw, forced, expected", [
+    (None, False, {}, False, "a new domain"),
+    ({}, False, {}, False, "not migrated from this VM"),
+    ({"firmware": "bios"}, True, {}, False, "booted with BIOS before"),
+    ({}, True, {"spec": dict(UEFI, secure_boot=True)}, False, "Secure Boot is now on"),
+    ({}, True, {}, True, "reset_nvram is true"),
+])
+def test_other_reasons_for_a_fresh_nvram(stored_kw, owned, new_kw, forced, expected):
+    stored = None
+    if stored_kw is not None:
+        stored = _as_stored(build(dict(UEFI, **stored_kw), uuid="11111111-2222-3333-4444-555555555555",
+                                  existing_machine="pc-q35-7.2")[0])
+    reason = dx.nvram_reset_reason(stored, uefi_xml(**new_kw), owned=owned, forced=forced)
+    assert reason and expected in reason, reason
+
+
+def test_a_bios_domain_has_no_nvram_to_reset():
+    bios = build(SPEC)[0]
+    assert dx.nvram_reset_reason(None, bios, owned=False, forced=True) is None
+    assert dx.nvram_reset_reason(_as_stored(uefi_xml()), bios, owned=True) is None
+
+
+def test_an_explicit_pflash_loader_counts_as_uefi():
+    stored = ET.fromstring(_as_stored(build(SPEC, uuid="11111111-2222-3333-4444-555555555555")[0]))
+    loader = ET.SubElement(stored.find("os"), "loader", type="pflash", readonly="yes")
+    loader.text = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    assert dx.nvram_reset_reason(ET.tostring(stored, encoding="unicode"), uefi_xml(), owned=True) is None
+
+
+def test_canonical_ignores_the_order_libvirt_stores_controllers_in():
+    defined = _as_stored(build()[0])
+    root = ET.fromstring(defined)
+    devices = root.find("devices")
+    ET.SubElement(devices, "controller", type="virtio-serial", index="0")
+    ET.SubElement(devices, "controller", type="pci", index="1", model="pcie-root-port")
+    after_start = ET.fromstring(defined)
+    moved = after_start.find("devices")
+    moved.insert(0, ET.Element("controller", type="virtio-serial", index="0"))
+    ET.SubElement(moved, "controller", type="pci", index="1", model="pcie-root-port")
+    assert ET.tostring(root) != ET.tostring(after_start)
+    assert dx.canonical(ET.tostring(root, encoding="unicode")) == dx.canonical(ET.tostring(after_start, encoding="unicode"))
+    ET.SubElement(moved, "controller", type="pci", index="2", model="pcie-root-port")
+    assert dx.canonical(ET.tostring(root, encoding="unicode")) != dx.canonical(ET.tostring(after_start, encoding="unicode"))

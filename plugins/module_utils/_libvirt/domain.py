@@ -4,7 +4,8 @@
 """Define, start and remove a migrated VM's libvirt domain (the logic behind kvm_domain).
 
 Idempotence: on a real run the XML is always defined and libvirt's own stored inactive XML is
-compared before and after, so ``changed`` is exact whatever libvirt normalizes.  Check mode
+compared before and after (``domain_xml.canonical``: libvirt may store the controllers in
+another order), so ``changed`` is exact whatever libvirt normalizes.  Check mode
 cannot define, so it compares the built XML with the stored one through
 ``domain_xml.compare_with_stored`` (only what the builder writes is compared).  The existing
 UUID, the ``migrated-at`` time and a versioned machine type are carried over, so a rerun with
@@ -19,6 +20,7 @@ import datetime
 import grp
 import os
 import pwd
+import stat
 import struct
 import subprocess
 import xml.etree.ElementTree as ET
@@ -26,8 +28,8 @@ import xml.etree.ElementTree as ET
 from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import image_holders
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.binding import libvirt
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain_xml import (
-    DomainXMLError, build_domain_xml, compare_with_stored, format_from_path, read_metadata,
-    sanitize_name, validate_name)
+    UNKNOWN_IMAGE, DomainXMLError, build_domain_xml, canonical, compare_with_stored, format_from_path,
+    nvram_reset_reason, read_metadata, recorded_images, sanitize_name, validate_name)
 
 POOL_TYPES = ("dir", "fs", "netfs")
 QEMU_USER, QEMU_GROUP = "libvirt-qemu", "kvm"
@@ -229,6 +231,45 @@ def _free_uuid(conn, uuid):
     return None
 
 
+def image_ids(disks):
+    """The inode number of each disk image file ("-" for a block device or a missing file):
+    what tells the images a UEFI domain's NVRAM was made for from a later conversion's."""
+    ids = []
+    for disk in disks:
+        try:
+            st = os.stat(disk["path"])
+        except OSError:
+            ids.append(UNKNOWN_IMAGE)
+            continue
+        ids.append(str(st.st_ino) if stat.S_ISREG(st.st_mode) else UNKNOWN_IMAGE)
+    return ids
+
+
+def reset_nvram(conn, dom, xml):
+    """Start the inactive domain's NVRAM again from OVMF's template: libvirt deletes the file
+    when undefining with VIR_DOMAIN_UNDEFINE_NVRAM (it knows the path even when the firmware is
+    autoselected, which libvirt 9.0 does only at start), and the next start copies the template.
+    ``xml`` (what was just defined) is defined again with the domain's uuid: libvirt's own stored
+    XML would come back with its devices in another order, and the next rerun would see a change.
+    Autostart is kept."""
+    root = ET.fromstring(xml)
+    if root.find("uuid") is None:
+        uuid_el = ET.Element("uuid")
+        uuid_el.text = dom.UUIDString()
+        root.insert(1, uuid_el)
+        xml = ET.tostring(root, encoding="unicode")
+    autostart = dom.autostart()
+    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+    try:
+        dom = conn.defineXML(xml)
+    except libvirt.libvirtError as exc:
+        raise KvmDomainError("the domain was undefined to reset its NVRAM and libvirt refused to define it "
+                             "again: %s" % exc, xml=xml)
+    if autostart:
+        dom.setAutostart(1)
+    return dom
+
+
 def domain_name(params):
     if params.get("name"):
         return validate_name(params["name"])
@@ -250,11 +291,14 @@ def define(conn, params, check_mode):
     dom = find_domain(conn, name)
     before = ""
     uuid, migrated_at, machine = None, params.get("migrated_at") or "", None
+    owned, recorded = False, None
     if dom is not None:
         before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         root = ET.fromstring(before)
         meta = read_metadata(root)
-        if not _owned(meta, spec):
+        owned = _owned(meta, spec)
+        recorded = recorded_images(root)
+        if not owned:
             if not params.get("force"):
                 why = "it has no xen2kvm metadata" if meta is None else \
                     "it was migrated from another VM (source uuid %s)" % meta.get("source-uuid")
@@ -267,31 +311,45 @@ def define(conn, params, check_mode):
         machine = type_el.get("machine") if type_el is not None else None
     else:
         uuid = _free_uuid(conn, spec.get("uuid"))
-    xml = build_domain_xml(
-        spec, disks=disks, network_map=params.get("network_map"),
+    build_args = dict(
+        disks=disks, network_map=params.get("network_map"),
         default_network=params.get("default_network"), domain_type=params.get("domain_type") or "kvm",
         name=name, vcpus=params.get("vcpus"), memory_mib=params.get("memory_mib"),
         machine=params.get("machine"), firmware=params.get("firmware"),
         graphics=params.get("graphics") or "none", uuid=uuid,
         migrated_at=migrated_at or utc_now(), existing_machine=machine)
-    result = {"name": name, "disks": disks, "placed": placed}
+    xml = build_domain_xml(spec, nvram_images=image_ids(disks), **build_args)
+    reason = nvram_reset_reason(before or None, xml, owned, forced=bool(params.get("reset_nvram")))
+    result = {"name": name, "disks": disks, "placed": placed, "nvram_reset": False, "nvram_reset_reason": "",
+              "warnings": []}
+    if reason and dom is not None and dom.isActive():
+        # The running guest uses its NVRAM: the old record stays, so a run while it is shut off resets it.
+        result["warnings"].append(
+            "domain %s is running, so its NVRAM was not reset (%s); shut it down and run again to reset it"
+            % (name, reason))
+        xml = build_domain_xml(spec, nvram_images=recorded, **build_args)
+        reason = None
     if check_mode:
         if dom is None:
             changed, b, a = True, "", xml
         else:
             changed, b, a = compare_with_stored(before, xml)
         result.update(xml_changed=changed, xml=xml, diff={"before": b, "after": a},
-                      changed=changed or pool_changed)
+                      changed=changed or pool_changed or bool(reason),
+                      nvram_reset=bool(reason), nvram_reset_reason=reason or "")
         return result, dom
     try:
         dom = conn.defineXML(xml)
     except libvirt.libvirtError as exc:
         raise KvmDomainError("libvirt refused the domain definition: %s" % exc, xml=xml)
+    if reason:
+        dom = reset_nvram(conn, dom, xml)
     after = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-    changed = after != before
+    changed = not before or canonical(after) != canonical(before)
     result.update(xml_changed=changed, xml=after, diff={"before": before, "after": after},
-                  changed=changed or pool_changed,
-                  restart_needed=bool(changed and before and dom.isActive()))
+                  changed=changed or pool_changed or bool(reason),
+                  restart_needed=bool(changed and before and dom.isActive()),
+                  nvram_reset=bool(reason), nvram_reset_reason=reason or "")
     return result, dom
 
 
@@ -428,7 +486,9 @@ def run(params, check_mode=False):
             return {"changed": changed or started or autostart_changed, "domain": info,
                     "xml": res["xml"], "xml_changed": res["xml_changed"], "started": started,
                     "disks": res["disks"], "placed": res["placed"],
-                    "restart_needed": res.get("restart_needed", False), "diff": res["diff"]}
+                    "restart_needed": res.get("restart_needed", False), "diff": res["diff"],
+                    "nvram_reset": res["nvram_reset"], "nvram_reset_reason": res["nvram_reset_reason"],
+                    "warnings": res["warnings"]}
         except DomainXMLError as exc:
             raise KvmDomainError(str(exc))
         except libvirt.libvirtError as exc:

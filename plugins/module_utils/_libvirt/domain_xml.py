@@ -52,6 +52,11 @@ DISK_FORMATS = ("raw", "qcow2")
 _EXT_FORMATS = {".qcow2": "qcow2", ".qcow": "qcow2", ".raw": "raw"}
 MACHINE_ALIASES = {"pc": "pc-i440fx-", "q35": "pc-q35-"}
 
+# The metadata item naming the disk image files (inode numbers, "-" when not a file) whose
+# guest the UEFI domain's NVRAM belongs to: other files there mean the disks were replaced.
+NVRAM_IMAGES = "nvram-images"
+UNKNOWN_IMAGE = "-"
+
 # Device kinds this builder owns: check mode compares every stored one of these, matched or not.
 MANAGED_DEVICES = ("disk", "interface", "serial", "console", "channel", "graphics", "rng",
                    "memballoon")
@@ -258,16 +263,19 @@ def _sub(parent, tag, text=None, **attrs):
     return el
 
 
-def _metadata(parent, spec, migrated_at):
+def _metadata(parent, spec, migrated_at, nvram_images=None):
     source = spec.get("source") or {}
     meta = _sub(parent, "metadata")
     mig = ET.SubElement(meta, "{%s}migration" % X2K_NS)
     product = " ".join(p for p in (source.get("product_brand"), source.get("product_version")) if p)
-    for key, value in (("source-uuid", spec.get("uuid", "")),
-                       ("source-name", spec.get("name", "")),
-                       ("source-host", source.get("hostname", "")),
-                       ("product", product),
-                       ("migrated-at", migrated_at)):
+    items = [("source-uuid", spec.get("uuid", "")),
+             ("source-name", spec.get("name", "")),
+             ("source-host", source.get("hostname", "")),
+             ("product", product),
+             ("migrated-at", migrated_at)]
+    if nvram_images is not None:
+        items.append((NVRAM_IMAGES, " ".join(nvram_images)))
+    for key, value in items:
         ET.SubElement(mig, "{%s}%s" % (X2K_NS, key)).text = str(value or "")
 
 
@@ -282,12 +290,13 @@ def read_metadata(root):
 def build_domain_xml(spec, disks=None, network_map=None, default_network=None,
                      domain_type="kvm", name=None, vcpus=None, memory_mib=None, machine=None,
                      firmware=None, graphics="none", uuid=None, migrated_at="",
-                     existing_machine=None):
+                     existing_machine=None, nvram_images=None):
     """Return the domain XML (str) for ``spec`` with the given overrides.
 
     ``uuid`` and ``migrated_at`` come from the existing domain on reruns so that an unchanged
     VM gives an unchanged definition.  ``existing_machine`` is the stored machine type (see
-    :func:`resolve_machine`).
+    :func:`resolve_machine`).  ``nvram_images`` (UEFI only) are the image files the NVRAM is
+    for, recorded in the metadata (see :func:`nvram_reset_reason`).
     """
     if not isinstance(spec, dict):
         raise DomainXMLError("spec must be a dict (the output of xva_info / xva_convert)")
@@ -324,7 +333,7 @@ def build_domain_xml(spec, disks=None, network_map=None, default_network=None,
         _sub(root, "uuid", uuid)
     if spec.get("description"):
         _sub(root, "description", spec["description"])
-    _metadata(root, spec, migrated_at)
+    _metadata(root, spec, migrated_at, nvram_images if firmware == "uefi" else None)
     kib = memory_mib * 1024
     _sub(root, "memory", kib, unit="KiB")
     _sub(root, "currentMemory", kib, unit="KiB")
@@ -396,6 +405,60 @@ def build_domain_xml(spec, disks=None, network_map=None, default_network=None,
     return to_string(root)
 
 
+def _secure_boot(root):
+    feature = root.find("os/firmware/feature[@name='secure-boot']")
+    return feature is not None and feature.get("enabled") == "yes"
+
+
+def _uses_uefi(root):
+    os_el = root.find("os")
+    if os_el is None:
+        return False
+    loader = os_el.find("loader")
+    return os_el.get("firmware") == "efi" or (loader is not None and loader.get("type") == "pflash")
+
+
+def recorded_images(root):
+    """The image files (inode numbers) the stored domain's NVRAM is for; None when not recorded."""
+    meta = read_metadata(root)
+    if meta is None or NVRAM_IMAGES not in meta:
+        return None
+    return meta[NVRAM_IMAGES].split()
+
+
+def nvram_reset_reason(stored_xml, new_xml, owned, forced=False):
+    """Why the UEFI domain defined from ``new_xml`` must start from a fresh NVRAM, or None.
+
+    ``stored_xml`` is the existing definition (None for a new domain), ``owned`` whether it was
+    migrated from the same Xen VM.  The NVRAM holds boot entries pointing at files of the
+    guest it was made for; it must not outlive that guest: when the domain is new (an NVRAM
+    file left by an earlier domain of this name must not be picked up), replaces another
+    domain, changes from BIOS or its Secure Boot setting (the NVRAM template differs), or when
+    a disk image is a file the NVRAM was not made for (a new conversion writes new files).
+    ``forced`` (the module's reset_nvram) resets it in any case.
+    """
+    new = ET.fromstring(new_xml)
+    if not _uses_uefi(new):
+        return None
+    if forced:
+        return "reset_nvram is true"
+    if stored_xml is None:
+        return "a new domain starts from OVMF's template"
+    stored = ET.fromstring(stored_xml)
+    if not owned:
+        return "the domain it replaces was not migrated from this VM"
+    if not _uses_uefi(stored):
+        return "the domain booted with BIOS before"
+    if _secure_boot(stored) != _secure_boot(new):
+        return "Secure Boot is now %s, and OVMF's template for that differs" % (
+            "on" if _secure_boot(new) else "off")
+    known = set(recorded_images(stored) or []) - {UNKNOWN_IMAGE}
+    images = set(recorded_images(new) or []) - {UNKNOWN_IMAGE}
+    if known and images - known:
+        return "the disk images were replaced (a new conversion): the old boot entries are stale"
+    return None
+
+
 def to_string(root):
     root = copy.deepcopy(root)
     if hasattr(ET, "indent"):
@@ -457,6 +520,26 @@ def _strip(el, dropped=("address", "alias")):
 def _clean(el):
     """Copy with the text normalised and nothing dropped."""
     return _strip(el, dropped=())
+
+
+def _controller_key(controller):
+    index = controller.get("index") or "0"
+    return (controller.get("type") or "", int(index) if index.isdigit() else 0, controller.get("model") or "")
+
+
+def canonical(xml):
+    """``xml`` normalized for telling whether a definition changed: text trimmed and the
+    controllers in one order.  libvirt keeps them in the order it added them, and after a q35
+    domain's first start it stores its virtio-serial controller elsewhere than a define of the
+    very same XML does: compared as they are, a rerun would always report a change."""
+    root = _clean(ET.fromstring(xml))
+    devices = root.find("devices")
+    if devices is not None:
+        controllers = [child for child in devices if child.tag == "controller"]
+        for controller in controllers:
+            devices.remove(controller)
+        devices.extend(sorted(controllers, key=_controller_key))
+    return to_string(root)
 
 
 def compare_with_stored(stored_xml, new_xml):
