@@ -26,6 +26,10 @@ description:
   - "Domain name: a libvirt domain called O(domain_name) must not exist, unless it was migrated
     by this collection (its metadata) from the Xen VM O(source_uuid), which is a rerun. Without
     O(source_uuid) any domain migrated by this collection is accepted."
+  - "Firmware: with O(firmware=uefi), libvirt must offer UEFI firmware (OVMF) to autoselect for the
+    machine type (V(q35) unless O(machine) says otherwise), and a Secure Boot build of it when
+    O(secure_boot) is true, as its domain capabilities tell. Missing, it names the Debian package
+    C(ovmf) and the C(xen2kvm.migration.kvm_host) role, which installs it."
   - Images already in O(images_dir) from an earlier run are not subtracted from the need.
 author:
   - xen2kvm developers (@xen2kvm)
@@ -70,6 +74,20 @@ options:
     description: The libvirt connection URI.
     type: str
     default: qemu:///system
+  firmware:
+    description: The VM's firmware, the spec's C(firmware). V(uefi) adds the firmware check.
+    type: str
+    choices: [bios, uefi]
+    default: bios
+  secure_boot:
+    description: The VM boots with UEFI Secure Boot (the spec's C(secure_boot)); with O(firmware=uefi) a
+      Secure Boot build of OVMF is required.
+    type: bool
+    default: false
+  machine:
+    description: The machine type the domain will get, for the firmware check.
+    type: str
+    default: q35
 seealso:
   - module: xen2kvm.migration.kvm_domain
 """
@@ -81,6 +99,8 @@ EXAMPLES = r"""
     disk_bytes: "{{ xen_source_spec.disks | map(attribute='virtual_size') | list }}"
     domain_name: "{{ xen_source_spec.name }}"
     source_uuid: "{{ xen_source_spec.uuid }}"
+    firmware: "{{ xen_source_spec.firmware }}"
+    secure_boot: "{{ xen_source_spec.secure_boot | default(false) }}"
 
 - name: The same, for images written into the storage pool vmpool
   xen2kvm.migration.kvm_preflight:
@@ -133,7 +153,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.binding import libvirt
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.preflight import (
-    check_domain_name, check_space, check_tools, domain_state, kvm_usable, pool_directory)
+    check_domain_name, check_space, check_tools, check_uefi_firmware, domain_state, kvm_usable, pool_directory)
 
 
 def check_libvirt(params):
@@ -148,6 +168,9 @@ def check_libvirt(params):
     try:
         problems, pool_dir = pool_directory(conn, libvirt, params["pool"]) if params["pool"] else ([], None)
         problems += check_domain_name(conn, libvirt, params["domain_name"], params["source_uuid"])
+        if params["firmware"] == "uefi":
+            problems += check_uefi_firmware(conn, libvirt, params["machine"], "kvm" if kvm_usable() else "qemu",
+                                            params["secure_boot"])
         return problems, domain_state(conn, libvirt, params["domain_name"]), pool_dir
     finally:
         conn.close()
@@ -164,6 +187,9 @@ def main():
             margin_bytes=dict(type="int", default=1073741824),
             allow_sparse=dict(type="bool", default=False),
             uri=dict(type="str", default="qemu:///system"),
+            firmware=dict(type="str", choices=["bios", "uefi"], default="bios"),
+            secure_boot=dict(type="bool", default=False),
+            machine=dict(type="str", default="q35"),
         ),
         required_one_of=[("images_dir", "pool")],
         supports_check_mode=True,

@@ -8,7 +8,7 @@ import pytest
 
 from ansible_run import run_module
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.preflight import (
-    GiB, REQUIRED_COMMANDS, check_space, check_tools, existing_ancestor, total_bytes)
+    GiB, REQUIRED_COMMANDS, check_space, check_tools, existing_ancestor, total_bytes, uefi_firmware_problems)
 
 
 def free_of(path):
@@ -84,3 +84,49 @@ def test_module_lists_every_problem_at_once(tmp_path):
     assert failed["msg"].startswith("preflight for web01 failed: (1) not enough free space")
     assert "(2) cannot connect to libvirt at qemu+unix:///system" in failed["msg"]
     assert len(failed["problems"]) == 2 and failed["needed_bytes"] == (1 << 60) + (1 << 20) + GiB
+
+
+# What libvirt 9.0 answers (virsh domcapabilities --machine q35) with Debian's ovmf installed, and
+# without it (no firmware descriptor in /usr/share/qemu/firmware: nothing to autoselect).
+DOMCAPS_Q35_OVMF = """<domainCapabilities><machine>pc-q35-7.2</machine><arch>x86_64</arch>
+  <os supported='yes'>
+    <enum name='firmware'><value>efi</value></enum>
+    <loader supported='yes'>
+      <value>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</value>
+      <value>/usr/share/OVMF/OVMF_CODE_4M.secboot.fd</value>
+      <value>/usr/share/OVMF/OVMF_CODE_4M.fd</value>
+      <enum name='type'><value>rom</value><value>pflash</value></enum>
+      <enum name='readonly'><value>yes</value><value>no</value></enum>
+      <enum name='secure'><value>yes</value><value>no</value></enum>
+    </loader>
+  </os></domainCapabilities>"""
+DOMCAPS_Q35_NO_OVMF = """<domainCapabilities><machine>pc-q35-7.2</machine><arch>x86_64</arch>
+  <os supported='yes'>
+    <enum name='firmware'/>
+    <loader supported='yes'>
+      <enum name='type'><value>rom</value><value>pflash</value></enum>
+      <enum name='readonly'><value>yes</value><value>no</value></enum>
+      <enum name='secure'><value>no</value></enum>
+    </loader>
+  </os></domainCapabilities>"""
+DOMCAPS_Q35_PLAIN_OVMF_ONLY = DOMCAPS_Q35_OVMF.replace("<value>yes</value><value>no</value></enum>\n    </loader>",
+                                                       "<value>no</value></enum>\n    </loader>")
+
+
+def test_uefi_firmware_found():
+    assert uefi_firmware_problems(DOMCAPS_Q35_OVMF, "q35") == []
+    assert uefi_firmware_problems(DOMCAPS_Q35_OVMF, "q35", secure_boot=True) == []
+
+
+def test_missing_ovmf_is_named_with_its_package_and_the_role():
+    (problem,) = uefi_firmware_problems(DOMCAPS_Q35_NO_OVMF, "q35")
+    assert problem == ("the VM boots with UEFI, but libvirt offers no UEFI firmware (OVMF) for machine q35: Debian "
+                       "package ovmf is missing; run the role xen2kvm.migration.kvm_host on this host (or apt-get "
+                       "install ovmf)")
+
+
+def test_secure_boot_needs_a_secure_build():
+    assert "secure" in DOMCAPS_Q35_PLAIN_OVMF_ONLY and DOMCAPS_Q35_PLAIN_OVMF_ONLY != DOMCAPS_Q35_OVMF
+    assert uefi_firmware_problems(DOMCAPS_Q35_PLAIN_OVMF_ONLY, "q35") == []
+    (problem,) = uefi_firmware_problems(DOMCAPS_Q35_PLAIN_OVMF_ONLY, "q35", secure_boot=True)
+    assert "no Secure Boot build of OVMF for machine q35" in problem and "apt-get install ovmf" in problem

@@ -130,6 +130,38 @@ def check_domain_name(conn, libvirt, domain_name, source_uuid=None):
     return []
 
 
+OVMF_PACKAGE = "ovmf"
+
+
+def uefi_firmware_problems(domcaps_xml, machine, secure_boot=False):
+    """Problems when libvirt's domain capabilities (``virsh domcapabilities``) offer no UEFI
+    firmware to autoselect for ``machine``, or no Secure Boot build when ``secure_boot``."""
+    root = ET.fromstring(domcaps_xml)
+    firmware = [v.text for v in root.findall("os/enum[@name='firmware']/value")]
+    loaders = [v.text for v in root.findall("os/loader/value")]
+    install = "run the role %s on this host (or apt-get install %s)" % (KVM_HOST_ROLE, OVMF_PACKAGE)
+    if "efi" not in firmware:
+        return ["the VM boots with UEFI, but libvirt offers no UEFI firmware (OVMF) for machine %s%s: Debian "
+                "package %s is missing; %s" % (machine, " (loaders: %s)" % ", ".join(loaders) if loaders else "",
+                                             OVMF_PACKAGE, install)]
+    secure = [v.text for v in root.findall("os/loader/enum[@name='secure']/value")]
+    if secure_boot and "yes" not in secure:
+        return ["the VM boots with UEFI Secure Boot, but libvirt offers no Secure Boot build of OVMF for machine %s "
+                "(has %s): Debian package %s provides it; %s" % (machine, ", ".join(loaders) or "none",
+                                                                 OVMF_PACKAGE, install)]
+    return []
+
+
+def check_uefi_firmware(conn, libvirt, machine, virttype, secure_boot=False):
+    """:func:`uefi_firmware_problems` of what libvirt at ``conn`` reports for x86_64 ``machine``."""
+    try:
+        domcaps = conn.getDomainCapabilities(None, "x86_64", machine, virttype, 0)
+    except libvirt.libvirtError as exc:
+        return ["cannot ask libvirt which firmware a %s domain of machine %s can use: %s" % (
+            virttype, machine, exc.get_error_message())]
+    return uefi_firmware_problems(domcaps, machine, secure_boot)
+
+
 # libvirt's virDomainState values as virsh spells them.
 DOMAIN_STATES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shut off",
                  6: "crashed", 7: "pmsuspended"}

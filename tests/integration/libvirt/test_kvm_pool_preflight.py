@@ -98,3 +98,16 @@ def test_preflight_domain_name_taken(conn, domain_name, qemu_tmp, run_module):
     assert r.get("failed") and "migrated from another Xen VM (Web 01, uuid %s), not from %s" % (other, XEN_UUID) in r["msg"]
     r = run_module("kvm_preflight", preflight_args(qemu_tmp, domain_name, source_uuid=other))
     assert not r.get("failed"), r
+
+
+def test_preflight_uefi_firmware_from_libvirts_domain_capabilities(conn, domain_name, qemu_tmp, run_module):
+    """This host has Debian's ovmf: UEFI on q35 passes, with or without Secure Boot. The i440fx
+    machine has no Secure Boot build (it needs SMM), which libvirt reports and preflight names."""
+    r = run_module("kvm_preflight", preflight_args(qemu_tmp, domain_name, firmware="uefi"))
+    assert not r.get("failed") and r["problems"] == [], r
+    r = run_module("kvm_preflight", preflight_args(qemu_tmp, domain_name, firmware="uefi", secure_boot=True))
+    assert not r.get("failed") and r["problems"] == [], r
+    r = run_module("kvm_preflight", preflight_args(qemu_tmp, domain_name, firmware="uefi", secure_boot=True,
+                                                   machine="pc"))
+    assert r.get("failed") and len(r["problems"]) == 1, r
+    assert "no Secure Boot build of OVMF for machine pc" in r["problems"][0] and "ovmf" in r["problems"][0]
