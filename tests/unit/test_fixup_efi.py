@@ -112,7 +112,7 @@ class Chroot:
 
 
 def fix(root, chroot, check_mode=False):
-    """One run of the fixup, after the console fixup of the same run (as guest_fixup orders it)."""
+    """One run of the fixup with a fresh editor and GuestApt, as guest_fixup runs it."""
     facts = inspect_guest(root)
     guest = GuestEditor(root, check_mode=check_mode, run=chroot)
     guest.fixup = "efi"
