@@ -28,6 +28,16 @@ How it is built (root needed; no mounts for PV guests):
   4. The finished images go to ``images/`` in the cache; ``build_variant`` hands out sparse
      copies, so callers may modify them.
 
+The layouts an installer makes with LVM, btrfs or an ESP (``lvm``, ``ubuntu``, ``btrfs``,
+``uefi``: guest_variants.VariantSpec) need device-mapper and vfat, which this host's kernel
+lacks: ``guestfs_build`` makes them inside the libguestfs appliance instead of step 3
+(partitions, PV/VG/LVs, mkfs, btrfs subvolume; the tree is shaped on the host with fstab
+written from the UUIDs mkfs gave, tarred with numeric owners, unpacked in the appliance) and
+runs the guest's own ``grub-install`` + ``update-grub`` there, chrooted into the guest. HVM
+guests with ``boot_code="guestfs"`` (deb12-hvm) get their grub-install there too, so the core
+image reads its partition like an installer-made one. The factory then needs python3-guestfs
+(``/usr/bin/python3`` or the project venv); about 25 s more per build for the appliance under TCG.
+
 Cache: $XEN2KVM_GUEST_CACHE or /var/cache/xen2kvm-test-guests. Entries are keyed by a hash of
 CACHE_VERSION + the spec, written under a temporary name and renamed when complete, and built
 under an fcntl lock so concurrent pytest processes build each thing once.
@@ -51,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import guestfs_build  # noqa: E402
 from guest_variants import ROOT_PASSWORD, SPECS, VARIANTS, VariantSpec  # noqa: E402
 from xva_writer import FAULTS  # noqa: E402
 
@@ -102,7 +113,10 @@ class Filesystem:
     mountpoint: str      # "/", "/boot", "none" for swap
     device: str          # the guest's name for it under Xen, e.g. /dev/xvda1
     uuid: str
-    partition: int | None = None   # MBR partition number, None for a bare disk
+    partition: int | None = None   # partition number, None for a bare disk, an LV, a swap file
+    lv: str = ""                   # "vg/lv" when the filesystem is on an LVM logical volume
+    subvolume: str = ""            # btrfs subvolume mounted as mountpoint
+    swapfile: bool = False         # swap in a file (device is its path in the guest)
 
 
 @dataclass
@@ -162,6 +176,13 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
+_FIELDS_KEYED_WHEN_SET = ("omit_packages", "firmware", "network", "boot_code", "vg_name")
+
+
+def _field_default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def tree_key(spec: VariantSpec) -> str:
     pk = _digest({"v": CACHE_VERSION, "suite": spec.suite, "variant": "minbase",
                   "packages": list(spec.packages)})
@@ -171,6 +192,12 @@ def tree_key(spec: VariantSpec) -> str:
 def image_key(spec: VariantSpec) -> str:
     d = dataclasses.asdict(spec)
     d["extra_packages"] = list(spec.extra_packages)
+    # Fields added after CACHE_VERSION 3 count only when set: older variants keep their keys.
+    for f in dataclasses.fields(VariantSpec):
+        if f.name in _FIELDS_KEYED_WHEN_SET and d[f.name] == _field_default(f):
+            del d[f.name]
+    if "omit_packages" in d:
+        d["omit_packages"] = list(spec.omit_packages)
     return f"{spec.name}-{_digest({'v': CACHE_VERSION, 'tree': tree_key(spec), 'spec': d})}"
 
 
@@ -390,8 +417,15 @@ def _pv_args(spec: VariantSpec, root_dev: str) -> str:
 
 
 # --------------------------------------------------------------------------- shaping
-def _shape_tree(spec: VariantSpec, root: Path, fss: list, kver: str) -> str:
-    """Make the copied tree look like a Xen guest. Returns the grub.cfg kernel arguments."""
+def _shape_tree(spec: VariantSpec, root: Path, fss: list, kver: str,
+                layout_files: dict | None = None) -> str:
+    """Make the copied tree look like a Xen guest. Returns the grub.cfg kernel arguments.
+
+    layout_files ({path: (text, mode)}, mode None: a symlink to text) are written last, over
+    the defaults: the appliance-built layouts bring their installer's fstab, resume file and
+    (netplan guests) network and cloud-init state.
+    """
+    in_appliance = spec.layout in guestfs_build.LAYOUTS
     rootfs = next(f for f in fss if f.mountpoint == "/")
     swap = next(f for f in fss if f.fstype == "swap")
     boot = next((f for f in fss if f.mountpoint == "/boot"), None)
@@ -412,6 +446,62 @@ def _shape_tree(spec: VariantSpec, root: Path, fss: list, kver: str) -> str:
     fstab.append(f"{swap.device}\tnone\tswap\tsw\t0\t0")
     _write(root, "/etc/fstab", "\n".join(fstab) + "\n")
 
+    if spec.network == "ifupdown":
+        _shape_ifupdown(spec, root)
+
+    # Initramfs built "under Xen": only the Xen front ends and the root fs driver.
+    conf = root / "etc/initramfs-tools/initramfs.conf"
+    text = conf.read_text()
+    text, n = re.subn(r"(?m)^MODULES=\w+", "MODULES=list", text)
+    if n != 1:
+        raise GuestBuildError("MODULES= not found in initramfs.conf")
+    conf.write_text(text)
+    modules = XEN_INITRAMFS_MODULES + guestfs_build.INITRAMFS_MODULES.get(spec.layout, ())
+    mods = root / "etc/initramfs-tools/modules"
+    mods.write_text(mods.read_text().rstrip("\n") + "\n" + "\n".join(modules) + "\n")
+    _write(root, "/etc/initramfs-tools/conf.d/resume", f"RESUME={swap.device}\n")
+
+    # Consoles (the appliance-built HVM guests have console=hvc0 too: Xen's PV console).
+    if spec.pv or in_appliance:
+        _shape_hvc0_getty(spec, root)
+
+    # Boot loader configuration.
+    if spec.pv:
+        _write_pygrub_cfg(root, kver, cmdline, boot is not None)
+    elif in_appliance:
+        # update-grub in the appliance writes grub.cfg from this, as on the Xen guest.
+        _xen_grub_defaults(root)
+    else:
+        _write_hvm_grub_cfg(root, kver, cmdline, rootfs)
+
+    for rel, (content, mode) in (layout_files or {}).items():
+        if mode is None:
+            link = root / rel.lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(content)
+        else:
+            _write(root, rel, content, mode)
+
+    with chroot_mounts(root), _no_daemons(root):
+        chroot(root, "chpasswd", input=f"root:{ROOT_PASSWORD}\n")
+        if not spec.pv and "grub-pc" in spec.packages:
+            # what d-i records on a Xen HVM install: grub-pc upgrades reinstall to /dev/xvda
+            chroot(root, "debconf-set-selections",
+                   input="grub-pc grub-pc/install_devices multiselect /dev/xvda\n")
+        chroot(root, "update-initramfs", "-u", "-k", kver)
+        listing = chroot(root, "lsinitramfs", f"/boot/initrd.img-{kver}").stdout
+    names = {Path(line).name for line in listing.splitlines()}
+    if not any(n.startswith("xen-blkfront.ko") for n in names):
+        raise GuestBuildError("initramfs lacks xen-blkfront")
+    if any(n.startswith("virtio_blk.ko") for n in names):
+        raise GuestBuildError("initramfs unexpectedly contains virtio_blk")
+    return cmdline
+
+
+def _shape_ifupdown(spec: VariantSpec, root: Path) -> None:
+    """Static eth0 in /etc/network/interfaces, pinned to the Xen vif's MAC by a udev rule."""
     _write(root, "/etc/network/interfaces",
            "# This file describes the network interfaces available on your system\n"
            "# and how to activate them. For more information, see interfaces(5).\n\n"
@@ -428,82 +518,69 @@ def _shape_tree(spec: VariantSpec, root: Path, fss: list, kver: str) -> str:
            f'SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{{address}}=="{spec.mac}", '
            'ATTR{dev_id}=="0x0", ATTR{type}=="1", KERNEL=="eth*", NAME="eth0"\n')
 
-    # Initramfs built "under Xen": only the Xen front ends and the root fs driver.
-    conf = root / "etc/initramfs-tools/initramfs.conf"
-    text = conf.read_text()
-    text, n = re.subn(r"(?m)^MODULES=\w+", "MODULES=list", text)
-    if n != 1:
-        raise GuestBuildError("MODULES= not found in initramfs.conf")
-    conf.write_text(text)
-    mods = root / "etc/initramfs-tools/modules"
-    mods.write_text(mods.read_text().rstrip("\n") + "\n" + "\n".join(XEN_INITRAMFS_MODULES) + "\n")
-    _write(root, "/etc/initramfs-tools/conf.d/resume", f"RESUME={swap.device}\n")
 
-    # Consoles.
-    if spec.pv:
-        if spec.init == "systemd":
-            unit = next(p for p in ("usr/lib/systemd/system/serial-getty@.service",
-                                    "lib/systemd/system/serial-getty@.service")
-                        if (root / p).exists())
-            link = root / "etc/systemd/system/getty.target.wants/serial-getty@hvc0.service"
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if link.is_symlink():
-                link.unlink()
-            link.symlink_to("/" + unit)
-        else:
-            inittab = root / "etc/inittab"
-            inittab.write_text(inittab.read_text().rstrip("\n")
-                               + "\n\n# Xen console\nh0:12345:respawn:/sbin/getty 38400 hvc0\n")
-
-    # Boot loader configuration.
-    kpath = "/" if boot else "/boot/"
-    if spec.pv:
-        # What pygrub reads: a hand-written grub2 config, no grub packages, no MBR code.
-        _write(root, "/boot/grub/grub.cfg",
-               "# pygrub configuration (no boot loader is installed in this PV guest)\n"
-               "set default=0\nset timeout=5\n\n"
-               f"menuentry 'Debian GNU/Linux, with Linux {kver}' {{\n"
-               f"\tlinux\t{kpath}vmlinuz-{kver} {cmdline}\n"
-               f"\tinitrd\t{kpath}initrd.img-{kver}\n}}\n")
+def _shape_hvc0_getty(spec: VariantSpec, root: Path) -> None:
+    """A getty on Xen's console hvc0 (systemd unit link or inittab line)."""
+    if spec.init == "systemd":
+        unit = next(p for p in ("usr/lib/systemd/system/serial-getty@.service",
+                                "lib/systemd/system/serial-getty@.service")
+                    if (root / p).exists())
+        link = root / "etc/systemd/system/getty.target.wants/serial-getty@hvc0.service"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to("/" + unit)
     else:
-        # What update-grub would have produced on Xen (10_linux style; device names kept as
-        # the installer wrote them). update-grub itself can't run here (grub-probe vs. loop).
-        r = rootfs.uuid
-        search = (f"\tinsmod part_msdos\n\tinsmod ext2\n"
-                  f"\tsearch --no-floppy --fs-uuid --set=root {r}\n")
-        _write(root, "/boot/grub/grub.cfg",
-               "#\n# DO NOT EDIT THIS FILE\n#\n# It is automatically generated by grub-mkconfig"
-               " using templates\n# from /etc/grub.d and settings from /etc/default/grub\n#\n\n"
-               "### BEGIN /etc/grub.d/00_header ###\n"
-               "set default=\"0\"\nset timeout=5\nterminal_output console\n"
-               "insmod part_msdos\ninsmod ext2\n"
-               f"search --no-floppy --fs-uuid --set=root {r}\n"
-               "### END /etc/grub.d/00_header ###\n\n"
-               "### BEGIN /etc/grub.d/10_linux ###\n"
-               f"menuentry 'Debian GNU/Linux' --class debian --class gnu-linux --class gnu "
-               f"--class os $menuentry_id_option 'gnulinux-simple-{r}' {{\n"
-               f"\tinsmod gzio\n{search}"
-               f"\techo\t'Loading Linux {kver} ...'\n"
-               f"\tlinux\t/boot/vmlinuz-{kver} {cmdline}\n"
-               "\techo\t'Loading initial ramdisk ...'\n"
-               f"\tinitrd\t/boot/initrd.img-{kver}\n}}\n"
-               "### END /etc/grub.d/10_linux ###\n")
-        _write(root, "/boot/grub/device.map", "(hd0)\t/dev/xvda\n")
+        inittab = root / "etc/inittab"
+        inittab.write_text(inittab.read_text().rstrip("\n")
+                           + "\n\n# Xen console\nh0:12345:respawn:/sbin/getty 38400 hvc0\n")
 
-    with chroot_mounts(root), _no_daemons(root):
-        chroot(root, "chpasswd", input=f"root:{ROOT_PASSWORD}\n")
-        if not spec.pv:
-            # what d-i records on a Xen HVM install: grub-pc upgrades reinstall to /dev/xvda
-            chroot(root, "debconf-set-selections",
-                   input="grub-pc grub-pc/install_devices multiselect /dev/xvda\n")
-        chroot(root, "update-initramfs", "-u", "-k", kver)
-        listing = chroot(root, "lsinitramfs", f"/boot/initrd.img-{kver}").stdout
-    names = {Path(line).name for line in listing.splitlines()}
-    if not any(n.startswith("xen-blkfront.ko") for n in names):
-        raise GuestBuildError("initramfs lacks xen-blkfront")
-    if any(n.startswith("virtio_blk.ko") for n in names):
-        raise GuestBuildError("initramfs unexpectedly contains virtio_blk")
-    return cmdline
+
+def _write_pygrub_cfg(root: Path, kver: str, cmdline: str, separate_boot: bool) -> None:
+    """What pygrub reads: a hand-written grub2 config, no grub packages, no MBR code."""
+    kpath = "/" if separate_boot else "/boot/"
+    _write(root, "/boot/grub/grub.cfg",
+           "# pygrub configuration (no boot loader is installed in this PV guest)\n"
+           "set default=0\nset timeout=5\n\n"
+           f"menuentry 'Debian GNU/Linux, with Linux {kver}' {{\n"
+           f"\tlinux\t{kpath}vmlinuz-{kver} {cmdline}\n"
+           f"\tinitrd\t{kpath}initrd.img-{kver}\n}}\n")
+
+
+def _write_hvm_grub_cfg(root: Path, kver: str, cmdline: str, rootfs: Filesystem) -> None:
+    """What update-grub would have produced on Xen (10_linux style; device names kept as the
+    installer wrote them). update-grub itself can't run here (grub-probe vs. loop)."""
+    r = rootfs.uuid
+    search = (f"\tinsmod part_msdos\n\tinsmod ext2\n"
+              f"\tsearch --no-floppy --fs-uuid --set=root {r}\n")
+    _write(root, "/boot/grub/grub.cfg",
+           "#\n# DO NOT EDIT THIS FILE\n#\n# It is automatically generated by grub-mkconfig"
+           " using templates\n# from /etc/grub.d and settings from /etc/default/grub\n#\n\n"
+           "### BEGIN /etc/grub.d/00_header ###\n"
+           "set default=\"0\"\nset timeout=5\nterminal_output console\n"
+           "insmod part_msdos\ninsmod ext2\n"
+           f"search --no-floppy --fs-uuid --set=root {r}\n"
+           "### END /etc/grub.d/00_header ###\n\n"
+           "### BEGIN /etc/grub.d/10_linux ###\n"
+           f"menuentry 'Debian GNU/Linux' --class debian --class gnu-linux --class gnu "
+           f"--class os $menuentry_id_option 'gnulinux-simple-{r}' {{\n"
+           f"\tinsmod gzio\n{search}"
+           f"\techo\t'Loading Linux {kver} ...'\n"
+           f"\tlinux\t/boot/vmlinuz-{kver} {cmdline}\n"
+           "\techo\t'Loading initial ramdisk ...'\n"
+           f"\tinitrd\t/boot/initrd.img-{kver}\n}}\n"
+           "### END /etc/grub.d/10_linux ###\n")
+    _write(root, "/boot/grub/device.map", "(hd0)\t/dev/xvda\n")
+
+
+def _xen_grub_defaults(root: Path) -> None:
+    """/etc/default/grub of a guest installed on Xen HVM: the kernel talks on the PV console."""
+    path = root / "etc/default/grub"
+    text, n = re.subn(r'(?m)^GRUB_CMDLINE_LINUX=".*"$', 'GRUB_CMDLINE_LINUX="console=hvc0"',
+                      path.read_text())
+    if n != 1:
+        raise GuestBuildError(f"GRUB_CMDLINE_LINUX= not found in {path}")
+    path.write_text(text)
 
 
 # --------------------------------------------------------------------------- images
@@ -565,10 +642,63 @@ def _install_grub_pc(disk: Path, rootfs: Filesystem, workdir: Path) -> None:
         raise GuestBuildError(f"{mnt} still mounted after grub-install")
 
 
+_FILESYSTEM_FIELDS = {f.name for f in dataclasses.fields(Filesystem)}
+
+
+def _filesystem(record: dict) -> Filesystem:
+    """A Filesystem from a meta.json / guestfs_build record (extra keys, e.g. dm_uuid, dropped)."""
+    return Filesystem(**{k: v for k, v in record.items() if k in _FILESYSTEM_FIELDS})
+
+
+def _layout_files(spec: VariantSpec, layout) -> dict:
+    fss = layout.filesystems
+    files = {"/etc/fstab": (guestfs_build.fstab_text(spec, fss), 0o644),
+             "/etc/initramfs-tools/conf.d/resume": (guestfs_build.resume_text(fss), 0o644)}
+    if spec.network == "netplan":
+        files.update(guestfs_build.netplan_files(spec, _uuids(spec)["vm"]))
+    return files
+
+
+def _build_in_appliance(spec: VariantSpec, tree: Path, out: Path, stage: Path) -> tuple:
+    """Partition, LVM, mkfs, fill and grub-install inside the libguestfs appliance.
+    Returns (kernel version, kernel args, filesystem records, disks, layout summary)."""
+    disk = out / "disk0.raw"
+    with open(disk, "wb") as fh:
+        fh.truncate(spec.disk_mib * MIB)
+    root = stage / "root"
+    tarball = stage / "root.tar"
+    with guestfs_build.appliance(disk) as g:
+        layout = guestfs_build.make_layout(g, spec)
+        log(f"{spec.name}: {layout.summary}")
+        log(f"copying {tree} -> {root}")
+        run(["cp", "-a", "--reflink=auto", tree, root], quiet=True)
+        kver = _kernel_version(root)
+        _shape_tree(spec, root, [_filesystem(f) for f in layout.filesystems], kver,
+                    _layout_files(spec, layout))
+        # numeric owners: the appliance's tar must not map names through its own passwd
+        run(["tar", "--numeric-owner", "--exclude=./boot/efi", "-C", root, "-cf", tarball, "."],
+            quiet=True)
+        _safe_rmtree(root)
+        log(f"{spec.name}: unpacking the tree and installing the boot loader in the appliance")
+        guestfs_build.fill(g, spec, layout, tarball)
+        tarball.unlink()
+        cmdline = guestfs_build.install_boot_loader(g, spec)
+        guestfs_build.finish(g)
+    return kver, cmdline, layout.filesystems, [disk], layout.summary
+
+
 def _build_image(spec: VariantSpec, out: Path) -> dict:
     """Build the variant's disks into directory out; returns the meta record."""
     t0 = time.monotonic()
     tree = ensure_tree(spec)
+    if spec.layout in guestfs_build.LAYOUTS:
+        stage = out / "stage"
+        stage.mkdir(parents=True)
+        try:
+            kver, cmdline, fs_records, disks, summary = _build_in_appliance(spec, tree, out, stage)
+        finally:
+            _safe_rmtree(stage)
+        return _write_meta(spec, out, t0, kver, cmdline, fs_records, disks, summary)
     uuids = _uuids(spec)
     fss = _layout(spec, uuids)
     stage = out / "stage"
@@ -603,18 +733,29 @@ def _build_image(spec: VariantSpec, out: Path) -> dict:
                 _mkfs(f.fstype, img, f.size, f.uuid, srcs.get(f.mountpoint))
                 _dd_into(img, disks[0], f.offset)
                 img.unlink()
-            if not spec.pv:
-                _install_grub_pc(disks[0], next(f for f in fss if f.mountpoint == "/"), stage)
+            rootfs = next(f for f in fss if f.mountpoint == "/")
+            if not spec.pv and spec.boot_code == "guestfs":
+                guestfs_build.install_grub_pc(disks[0], rootfs.partition,
+                                              boot.partition if boot else None)
+            elif not spec.pv:
+                _install_grub_pc(disks[0], rootfs, stage)
     finally:
         _safe_rmtree(stage)
+    return _write_meta(spec, out, t0, kver, cmdline, [dataclasses.asdict(f) for f in fss], disks)
+
+
+def _write_meta(spec: VariantSpec, out: Path, t0: float, kver: str, cmdline: str,
+                fs_records: list, disks: list, layout: dict | None = None) -> dict:
     meta = {
         "name": spec.name, "key": image_key(spec), "tree": tree_key(spec),
         "kernel_version": kver, "kernel_cmdline": cmdline,
-        "filesystems": [dataclasses.asdict(f) for f in fss],
+        "filesystems": fs_records,
         "disks": [d.name for d in disks],
         "build_seconds": round(time.monotonic() - t0, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if layout:
+        meta["layout"] = layout
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
 
@@ -669,7 +810,7 @@ def build_variant(name: str, workdir, copy: bool = True) -> GuestImage:
         dst = workdir / f"{name}-disk{i}.raw"
         _sparse_copy(cached / fname, dst)
         disks.append(dst)
-    fss = [Filesystem(**f) for f in meta["filesystems"]]
+    fss = [_filesystem(f) for f in meta["filesystems"]]
     rootfs = next(f for f in fss if f.mountpoint == "/")
     swap = next(f for f in fss if f.fstype == "swap")
     boot = next((f for f in fss if f.mountpoint == "/boot"), None)
@@ -697,7 +838,7 @@ def _make_vm(spec: VariantSpec, disks: list, root_dev: str, uuids: dict):
                    name=f"{spec.name} {names[i]}", vdi_uuid=uuids[f"vdi{i}"])
               for i, d in enumerate(disks)]
     return VM(name=spec.name, uuid=uuids["vm"], vcpus=spec.vcpus, memory_bytes=spec.memory_mib * MIB,
-              domain_type=spec.domain_type,
+              domain_type=spec.domain_type, firmware=spec.firmware,
               pv_bootloader="pygrub" if spec.pv else "",
               pv_args=_pv_args(spec, root_dev),
               disks=vdisks, nics=[Nic(device=0, mac=spec.mac)])
@@ -730,6 +871,9 @@ def add_data_disk(img: GuestImage, mib: int, mountpoint: str = "/srv/data") -> G
     """
     if img.bare_fs or len(img.disks) != 1:
         raise GuestBuildError(f"{img.name}: a data disk needs a guest with one partitioned disk")
+    if img.root_fs.partition is None or img.root_fs.fstype != "ext4":
+        raise GuestBuildError(f"{img.name}: a data disk needs a root filesystem that is a plain "
+                              f"ext4 partition (debugfs edits its fstab), not {img.root_fs.device}")
     root_disk = Path(img.disks[0])
     if img.cache_path is not None and root_disk.parent == img.cache_path:
         raise GuestBuildError("add_data_disk changes the root disk: build the guest with copy=True")
