@@ -25,7 +25,7 @@ import signal
 import subprocess
 import time
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import attached_loops, detach
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import attached_loops, detach, loop_status
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import GuestError
 
 
@@ -78,16 +78,35 @@ def _mount_points_under(tmpdir):
     return points
 
 
-def _processes_rooted_in(tmpdir):
-    pids = []
+def processes_in_guest(tmpdir=None, loop_devices=()):
+    """Pids whose root directory is ``tmpdir`` or on a filesystem of the guest mounted there.
+
+    A command confined by sandbox.py has pivoted into the guest, so its root reads as "/"
+    through /proc; it is recognised by the filesystem its root is on: the one mounted on
+    ``tmpdir``, or one on the guest's ``loop_devices`` (also once nothing is mounted there).
+    """
+    devices = set()
+    for device in loop_devices:
+        try:
+            devices.add(os.stat(device).st_rdev)
+        except OSError:
+            continue
+    if tmpdir and os.path.ismount(tmpdir):
+        devices.add(os.stat(tmpdir).st_dev)
+    devices.discard(os.stat("/").st_dev)
+    pids, pid_namespaces = [], {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
+            root = "/proc/%s/root" % entry
             try:
-                if os.readlink("/proc/%s/root" % entry) == tmpdir:
+                pid_namespaces[int(entry)] = os.stat("/proc/%s/ns/pid" % entry).st_ino
+                if (tmpdir and os.readlink(root) == tmpdir) or os.stat(root).st_dev in devices:
                     pids.append(int(entry))
             except OSError:
                 continue
-    return pids
+    # The rest of a sandboxed command's PID namespace is the guest's too, wherever its root is.
+    theirs = set(pid_namespaces.get(pid) for pid in pids) - {os.stat("/proc/self/ns/pid").st_ino, None}
+    return sorted(set(pids) | set(pid for pid, ns in pid_namespaces.items() if ns in theirs))
 
 
 def _kill(pids):
@@ -112,6 +131,20 @@ def _umount(point):
     return proc.stderr.strip()
 
 
+def wait_until_detached(device, wait=10.0):
+    """Whether a loop device whose detach the kernel deferred is free within ``wait`` s.
+
+    The mount namespace of a killed sandboxed command (sandbox.py) is torn down after its
+    processes are gone, and only then lets go of the guest's filesystems.
+    """
+    deadline = time.monotonic() + wait
+    while loop_status(device) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _ours(status, loops):
     return any(status["offset"] == loop["offset"] and os.path.realpath(status["backing_file"])
                == os.path.realpath(loop["backing_file"]) for loop in loops)
@@ -121,7 +154,8 @@ def release(record):
     """Release what a dead run's ``record`` left: (what was released, what could not be, advice)."""
     tmpdir = record["tmpdir"]
     released, failed, advice = [], [], []
-    survivors = _kill(_processes_rooted_in(tmpdir))
+    ours = [status["device"] for status in attached_loops() if _ours(status, record.get("loops", []))]
+    survivors = _kill(processes_in_guest(tmpdir, ours))
     if survivors:
         failed.append("processes %s still run in its chroot" % ", ".join(map(str, survivors)))
         advice.append("kill -9 %s" % " ".join(map(str, survivors)))
@@ -140,6 +174,8 @@ def release(record):
         except GuestError as exc:
             done = False
             failed.append(str(exc))
+        if not done and wait_until_detached(status["device"]):
+            done = True
         if done:
             released.append("detached %s" % status["device"])
         else:

@@ -35,7 +35,12 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect i
 )
 from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import processes_using
 from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.leftovers import RunRecord, release_killed_runs
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.leftovers import (
+    RunRecord,
+    processes_in_guest,
+    release_killed_runs,
+    wait_until_detached,
+)
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import (
     LoopDevice,
     attach,
@@ -170,20 +175,6 @@ def _disk_part_of(name):
     return match.group(1) + match.group(2) if match else name
 
 
-def _processes_rooted_in(root):
-    """Pids whose root directory is ``root`` (left over from run_in_chroot)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.readlink(os.path.join("/proc", entry, "root")) == root:
-                pids.append(int(entry))
-        except OSError:
-            continue
-    return pids
-
-
 class _Volume:
     """One filesystem-bearing piece of a guest disk: a partition or the whole disk."""
 
@@ -262,6 +253,7 @@ class GuestMount:
         self._pending_signal = None
         self._active = False
         self._active_setup = False  # set once setup starts changing things
+        self._ran_confined = False  # run_in_chroot was used
 
     # ----------------------------------------------------------------- public view
 
@@ -340,6 +332,7 @@ class GuestMount:
                                       sys_fs=self._namespace_mount("/sys"))
         except SandboxUnavailable as exc:
             raise GuestError(str(exc))
+        self._ran_confined = True
         try:
             proc = subprocess.run(command, env=full_env, input=input, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, universal_newlines=True,
@@ -798,7 +791,9 @@ class GuestMount:
             self._mounts = []
             for loop in reversed(self._loops + self._unrecorded_loops()):
                 try:
-                    if not loop.detach():
+                    # A confined command's mount namespace may let go of the guest a moment
+                    # after its processes are gone.
+                    if not loop.detach() and not (self._ran_confined and wait_until_detached(loop.device, 3.0)):
                         self.cleanup_warnings.append(
                             "detaching %s was deferred by the kernel until its last user "
                             "closes it" % loop.device)
@@ -867,7 +862,7 @@ class GuestMount:
 
     def _kill_chroot_processes(self):
         # Daemons started by maintainer scripts in the chroot would keep mounts busy.
-        pids = _processes_rooted_in(os.path.realpath(self.root))
+        pids = processes_in_guest(os.path.realpath(self.root), [loop.device for loop in self._loops])
         if not pids:
             return
         self.cleanup_warnings.append("killed processes left running in the guest chroot: %s"

@@ -69,6 +69,8 @@ PROC_HIDDEN = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats", "k
 
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+
 # Exit status of the namespace's setup when it fails, before the guest command runs.
 SETUP_FAILED = 125
 
@@ -98,6 +100,10 @@ def bind_read_only(path):
     mount(path, path, None, BIND | REC)
     mount(None, path, None, REMOUNT | BIND | RDONLY | NOSUID | NODEV | NOEXEC)
 
+# The mount namespace is made here, not by unshare(1): unshare stays outside it, so a run
+# killed with SIGKILL leaves no host-rooted process pinning the guest's filesystems.
+if libc.unshare(cfg["clone_flags"]):
+    fail("new mount, IPC and UTS namespaces")
 root = cfg["root"]
 mount(None, "/", None, REC | PRIVATE)
 if cfg["proc"]:
@@ -173,10 +179,11 @@ def sandbox_command(root, argv, proc=True, sys_fs=True, python=None):
         "drop": sorted(DROPPED_CAPABILITIES.values()),
         "pivot_root": _host_tool("pivot_root"),
         "setup_failed": SETUP_FAILED,
+        "clone_flags": CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS,
     }
+    # unshare(1) for the PID namespace (it must fork); the rest is INIT_SOURCE's.
     # -I -S: nothing from the environment or site-packages gets into pid 1.
-    return [_host_tool("unshare"), "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child",
-            "--propagation", "private", "--",
+    return [_host_tool("unshare"), "--pid", "--fork", "--kill-child", "--",
             python or sys.executable or "python3", "-I", "-S", "-c", INIT_SOURCE, json.dumps(config)]
 
 

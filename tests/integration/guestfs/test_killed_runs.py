@@ -74,6 +74,55 @@ def test_next_mount_releases_what_a_killed_run_left(mbr_image):
     assert not os.path.exists(info["root"] + ".json") and not os.path.exists(new_root + ".json")
 
 
+KILLED_WHILE_CONFINED = r"""
+import json, subprocess, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount
+with GuestMount([sys.argv[2]]) as guest:
+    # What apt-get in run_in_chroot is when the module gets SIGKILL: a confined command.
+    threading.Thread(target=guest.run_in_chroot, args=(["/bin/sh", "-c", "sleep 3002 & sleep 3003"],),
+                     daemon=True).start()
+    time.sleep(1.5)
+    print(json.dumps({"root": guest.root}), flush=True)
+    time.sleep(300)
+"""
+
+
+def guest_sleepers():
+    return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if _cmdline(pid) in (b"sleep\x003002\x00", b"sleep\x003003\x00")]
+
+
+def _cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="needs a static busybox for the guest shell")
+def test_next_mount_releases_confined_processes_a_killed_run_left(mbr_image):
+    """Pivoted into the guest, their root reads as "/": they are found by the guest's
+    filesystem under their root and by their PID namespace."""
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WHILE_CONFINED, COLLECTIONS, mbr_image],
+                             stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        info = json.loads(child.stdout.readline())
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert len(guest_sleepers()) == 2 and rooted_in(info["root"]) == []
+    with GuestMount([mbr_image]) as guest:
+        assert guest.released and "pid %d" % child.pid in guest.released[0]
+        new_root = guest.root
+    assert guest_sleepers() == []
+    assert_clean(mbr_image, info["root"])
+    assert_clean(mbr_image, new_root)
+
+
 def test_a_live_run_is_left_alone_and_a_busy_leftover_goes_lazily(tmp_path, mbr_image):
     base = str(tmp_path / "run")
     os.makedirs(base)

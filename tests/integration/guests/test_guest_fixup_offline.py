@@ -30,6 +30,7 @@ from test_guest_fixup_boot import run_logged_in
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups.bare_fs import bare_root_filesystem
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.edit import GuestEditor
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import fix_guest
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.leftovers import processes_in_guest
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import loops_for_file
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount, host_mount_points
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.packages import GuestApt
@@ -204,17 +205,17 @@ fix_guest([sys.argv[2]], package_dir=sys.argv[3])
 """
 
 
-def dpkg_unpacking_in_a_guest_chroot():
-    """The pid of a dpkg unpacking packages in a guest chroot (not apt's short dpkg queries)."""
-    for pid in os.listdir("/proc"):
-        if pid.isdigit() and _root_of(pid).startswith("/run/xen2kvm/guest-"):
-            try:
-                with open("/proc/%s/cmdline" % pid, "rb") as handle:
-                    argv = handle.read().split(b"\0")
-            except OSError:
-                continue
-            if os.path.basename(argv[0]) == b"dpkg" and b"--unpack" in argv:
-                return int(pid)
+def dpkg_unpacking_in_a_guest_chroot(image):
+    """The pid of a dpkg unpacking packages in the guest on ``image`` (not apt's short dpkg
+    queries); its root is on one of the image's loop devices (it reads as "/" once pivoted)."""
+    for pid in processes_in_guest(loop_devices=[status["device"] for status in loops_for_file(image)]):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]) == b"dpkg" and b"--unpack" in argv:
+            return int(pid)
     return None
 
 
@@ -225,7 +226,7 @@ def test_a_run_killed_while_dpkg_works_is_undone_by_the_next(tmp_path, package_d
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600
-        while dpkg_unpacking_in_a_guest_chroot() is None:
+        while dpkg_unpacking_in_a_guest_chroot(image) is None:
             assert child.poll() is None, "the run ended before dpkg unpacked anything"
             assert time.monotonic() < deadline, "dpkg never unpacked in the guest chroot"
             time.sleep(0.01)
