@@ -46,6 +46,7 @@ help:
 	@echo "make sanity       ansible-test sanity on a clean copy (SANITY_ARGS='--test pylint')"
 	@echo "make lint         ansible-lint --profile production (LINT_ARGS=...)"
 	@echo "make bench        bench/xva_bench.py + bench/migrate_bench.py (BENCH=xva|migrate: one)"
+	@echo "make bench BENCH=fixup  bench/fixup_compare.py: guest_fixup vs virt-v2v per test guest (root; boots qemu)"
 	@echo "make build        the collection artifact build/xen2kvm-migration-VERSION.tar.gz"
 	@echo "make changelog    release notes: changelogs/fragments -> changelog.yaml + CHANGELOG.md"
 	@echo "make clean        remove build/, test output and caches (keeps .venv)"
@@ -102,9 +103,10 @@ demo: $(INSTALL) collection-link
 # libvirtd, boots qemu for minutes); BENCH=all (default) runs both.
 BENCH ?= all
 bench: $(INSTALL) collection-link
-	@case "$(BENCH)" in all|xva|migrate) ;; *) echo "make bench: BENCH=all|xva|migrate, not '$(BENCH)'" >&2; exit 2;; esac
-	@if [[ "$(BENCH)" != migrate ]]; then $(BIN)/python $(REPO)/bench/xva_bench.py; fi
-	@if [[ "$(BENCH)" != xva ]]; then $(BIN)/python $(REPO)/bench/migrate_bench.py; fi
+	@case "$(BENCH)" in all|xva|migrate|fixup) ;; *) echo "make bench: BENCH=all|xva|migrate|fixup, not '$(BENCH)'" >&2; exit 2;; esac
+	@if [[ "$(BENCH)" == all || "$(BENCH)" == xva ]]; then $(BIN)/python $(REPO)/bench/xva_bench.py; fi
+	@if [[ "$(BENCH)" == all || "$(BENCH)" == migrate ]]; then $(BIN)/python $(REPO)/bench/migrate_bench.py; fi
+	@if [[ "$(BENCH)" == fixup ]]; then $(BIN)/python $(REPO)/bench/fixup_compare.py; fi
 
 # The artifact users install (galaxy.yml's build_ignore keeps the checkout's tooling out).
 build: $(INSTALL)
