@@ -13,19 +13,29 @@ module: guest_fixup
 short_description: Make a converted Xen guest bootable on KVM
 version_added: "0.1.0"
 description:
-  - Mounts the guest's raw disk images (loop devices at the partition offsets, no kpartx, no
-    udev), inspects the guest, refuses what it cannot convert before changing anything, then
-    applies the fixups a Xen guest needs on KVM, in this order.
+  - Opens the guest's raw disk images in the libguestfs appliance (a small VM with its own kernel that
+    reads LVM, btrfs subvolumes, separate C(/boot), GPT and the EFI system partition), inspects the guest with
+    its filesystems mounted read-only, refuses what it cannot convert (non-Debian families, a
+    LUKS-encrypted root, no usable kernel) before changing anything, then applies the fixups a Xen
+    guest needs on KVM, in this order. The guest's own code (maintainer scripts, initramfs hooks,
+    C(/etc/grub.d)) only ever runs inside the appliance, never on this host.
   - C(bare_fs) a disk that is one bare filesystem (a PV guest's C(xvda1)) gets a partition table,
     the filesystem at 1 MiB.
   - C(devices) C(xvd*)/C(hd*)/C(sd*) become C(vd*) (or C(UUID=)) in fstab, crypttab and the resume setting.
   - C(console) C(console=hvc0) becomes C(console=tty0 console=ttyS0,115200) in both
     C(GRUB_CMDLINE_LINUX) variables and grub-legacy; inittab, securetty and systemd getty links follow.
   - C(initramfs) virtio drivers in the initramfs of every kernel, verified after the rebuild.
-  - C(bootloader) grub-pc installed when missing, C(grub-install) into the MBR, grub.cfg made by
-    the guest's grub-mkconfig with C(root=UUID=).
+  - C(bootloader) BIOS guests (GPT with a C(bios_grub) partition too) grub-pc installed when missing,
+    C(grub-install) into the MBR, grub.cfg made by the guest's grub-mkconfig with C(root=UUID=) (an LV's
+    C(/dev/mapper) name for an LVM root). UEFI guests (O(spec) C(firmware=uefi)) C(grub-efi-amd64) installed
+    when missing, C(grub-install --no-nvram) into C(EFI/debian) and the fallback C(\EFI\BOOT\BOOTX64.EFI)
+    (a KVM domain starts with a fresh NVRAM), debconf C(grub2/force_efi_extra_removable) so upgrades keep
+    it, then C(update-grub).
   - C(network) stale persistent-net rules removed, C(net.ifnames=0) so the NIC stays C(eth0),
-    C(enX0) names renamed; static addresses kept unless O(network=dhcp).
+    C(enX0) names renamed in ifupdown, systemd-networkd and netplan files (the C(renderer) kept); static
+    addresses kept unless O(network=dhcp). C(cloud_init) cloud-init is switched off
+    (C(/etc/cloud/cloud-init.disabled)) and told to keep the network and the SSH host keys, so it cannot
+    reconfigure the VM as a new instance on its first boot on KVM.
   - C(remove_xen_tools) every C(xe-guest-utilities*) package and XCP-ng's C(xen-guest-agent) purged;
     C(guest_agent) qemu-guest-agent installed, or
     scheduled for the first boot when the guest's mirror is unreachable.
@@ -39,7 +49,8 @@ description:
   - Every package the run installs (C(grub-pc), C(qemu-guest-agent)) is downloaded before the first
     change, from the guest's sources, O(apt_mirror) or O(package_dir); when a required one cannot be
     had the run fails with the guest unchanged.
-  - Mounts and loop devices are always released, on success, error and SIGTERM. Temporary changes in
+  - The appliance (or, with O(engine=chroot), the mounts and loop devices) is always released, on success,
+    error and SIGTERM. Temporary changes in
     the guest (C(policy-rc.d), C(resolv.conf), apt's files) are kept in a journal
     (C(/var/lib/xen2kvm/journal.json)); after a run killed with SIGKILL the next run puts them back,
     releases the mounts and loop devices the killed run left on this host, finishes an interrupted
@@ -71,7 +82,7 @@ options:
   fixups:
     description:
       - "Switch single fixups off, for example C({guest_agent: false}). All are on by default."
-      - Keys are C(bare_fs), C(devices), C(console), C(initramfs), C(bootloader), C(network),
+      - Keys are C(bare_fs), C(devices), C(console), C(initramfs), C(bootloader), C(network), C(cloud_init),
         C(remove_xen_tools), C(guest_agent), C(firstboot), C(cleanup).
     type: dict
     default: {}
@@ -104,23 +115,40 @@ options:
       - Name resolution for apt inside the guest. C(host) uses this host's C(/etc/resolv.conf)
         while apt runs (the guest's file comes back afterwards), C(guest) keeps the guest's, or
         give the path of a file to use.
+      - With O(engine=guestfs), C(host) means the appliance's resolver (libguestfs forwards it to this
+        host's); a file given here is still used.
     type: str
     default: host
+  engine:
+    description:
+      - C(guestfs) opens the guest in the libguestfs appliance (python3-guestfs); the host kernel never
+        mounts the guest's filesystems and none of the guest's code runs on this host. The appliance runs
+        under KVM where C(/dev/kvm) works and under TCG (C(force_tcg)) where it does not.
+      - C(chroot) mounts the guest on this host over loop devices and runs its code in a confined chroot
+        (own mount/PID namespaces and C(/proc), read-only C(/sys), no host devices, escape capabilities
+        dropped). Faster where KVM is missing, but the host kernel parses the guest's filesystems; it cannot
+        open LVM, btrfs subvolumes or an EFI system partition on hosts without device-mapper or vfat.
+    type: str
+    choices: [guestfs, chroot]
+    default: guestfs
 attributes:
   check_mode:
     support: full
-    description: Inspects the guest (mounted read-only) and reports the planned changes.
+    description: Inspects the guest (opened read-only) and reports the planned changes.
   diff_mode:
     support: full
     description: Shows each edited file.
 notes:
-  - Needs root, loop devices, C(mount) and C(chroot) on the host doing the work.
+  - Needs root. O(engine=guestfs) needs libguestfs (C(python3-guestfs), C(libguestfs-tools)); it uses
+    C(LIBGUESTFS_BACKEND=direct) unless that variable says otherwise. O(engine=chroot) needs loop devices,
+    C(mount), C(unshare) and C(chroot).
   - Supports Debian-family guests; others fail with "not supported" before anything is changed.
   - Works on raw images; convert to qcow2 afterwards if wanted.
 requirements:
   - Python 3.11 on the target host (Debian 12's python3, the version tested)
-  - root on a Linux host with loop devices
-  - mount, umount (Debian util-linux / mount) and chroot (coreutils)
+  - python3-guestfs (libguestfs 1.48 or later) for O(engine=guestfs), the default
+  - python3-yaml when the guest has netplan files
+  - for O(engine=chroot) root on a Linux host with loop devices, mount, umount, unshare (util-linux) and chroot
 seealso:
   - module: xen2kvm.migration.xva_convert
   - module: xen2kvm.migration.kvm_domain
@@ -175,8 +203,9 @@ changes:
       type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.appliance import GUESTFS_IMPORT_ERROR, HAS_GUESTFS
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import FIXUPS, FixupError, fix_guest
 from ansible_collections.xen2kvm.migration.plugins.module_utils._module_result import exit_with_diff
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.packages import PackageError
@@ -203,15 +232,20 @@ def main():
             apt_mirror=dict(type="str"),
             package_dir=dict(type="path"),
             resolv_conf=dict(type="str", default="host"),
+            engine=dict(type="str", choices=["guestfs", "chroot"], default="guestfs"),
         ),
         supports_check_mode=True,
     )
     params = module.params
+    if params["engine"] == "guestfs" and not HAS_GUESTFS:
+        module.fail_json(msg=missing_required_lib("python3-guestfs (Debian/Ubuntu package; libguestfs)"),
+                         exception=str(GUESTFS_IMPORT_ERROR))
     try:
         result = fix_guest(params["disks"], spec=params["spec"], root=params["root"], enabled=enabled_fixups(module),
                            network=params["network"], apt_proxy=params["apt_proxy"],
                            apt_mirror=params["apt_mirror"], resolv_conf=params["resolv_conf"],
-                           package_dir=params["package_dir"], check_mode=module.check_mode)
+                           package_dir=params["package_dir"], check_mode=module.check_mode,
+                           engine=params["engine"])
     except (FixupError, GuestError, PackageError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:  # e.g. a guest filesystem that turned read-only, a full disk

@@ -20,10 +20,10 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
-import shutil
+import stat
 import time
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import resolve_guest_path
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.access import as_tree
 
 BACKUP_DIR = "/var/backups/xen2kvm"
 LEGACY_BACKUP_SUFFIX = ".xen2kvm"  # beside the file: what earlier versions did
@@ -38,41 +38,39 @@ def backup_path(path):
     return BACKUP_DIR + "/" + path.lstrip("/")
 
 
-def temp_path(host):
+def temp_path(path):
     """A hidden sibling: ``dir/*`` globs (ifupdown's ``source``, initramfs-tools' conf.d) skip it."""
-    directory, name = os.path.split(host)
-    return os.path.join(directory, "." + name + TEMP_SUFFIX)
+    directory, name = os.path.split(path)
+    return directory.rstrip("/") + "/." + name + TEMP_SUFFIX
 
 
 class GuestEditor:
-    """Reads and changes files of the guest mounted at ``root``."""
+    """Reads and changes the guest's files: ``root`` is a tree (``_guest.access``) or a host
+    directory holding the guest."""
 
     def __init__(self, root, check_mode=False, run=None):
-        self.root = root
+        self.tree = as_tree(root)
         self.check_mode = check_mode
         self.changes = []     # [{"fixup", "action", "path", "why"}]
         self.warnings = []
         self.diffs = []       # Ansible diff dicts
         self.fixup = None     # the fixup now running, for the record
-        self._run = run       # chroot runner: run(argv, env=None, input=None, check=True)
+        self._run = run       # runner in the guest: run(argv, env=None, input=None, check=True)
 
     # -- reading
-    def host_path(self, path, follow_last=True):
-        return resolve_guest_path(self.root, path, follow_last)
-
     def exists(self, path):
-        return os.path.lexists(self.host_path(path, follow_last=False))
+        return self.tree.lexists(path)
+
+    def is_dir(self, path):
+        return self.tree.is_dir(path)
 
     def read(self, path, default=None):
-        host = self.host_path(path)
-        if not os.path.isfile(host):
+        if not self.tree.is_file(path):
             return default
-        with open(host, "rb") as handle:
-            return handle.read().decode("utf-8", "surrogateescape")
+        return self.tree.read_bytes(path).decode("utf-8", "surrogateescape")
 
     def listdir(self, path):
-        host = self.host_path(path)
-        return sorted(os.listdir(host)) if os.path.isdir(host) else []
+        return self.tree.listdir(path)
 
     def warn(self, message):
         self.warnings.append(message)
@@ -94,58 +92,48 @@ class GuestEditor:
         self._record("create" if old is None else "edit", path, why)
         if self.check_mode:
             return True
-        host = self.host_path(path)
-        os.makedirs(os.path.dirname(host), exist_ok=True)
+        # a link is followed, as writing through it in the guest would (a dangling one is replaced)
+        target = self.tree.realpath(path) if self.tree.is_link(path) and self.tree.exists(path) else path
+        self.tree.makedirs(os.path.dirname(target) or "/")
         if old is not None:
-            self._backup(path, host)
-        tmp = temp_path(host)
-        with open(tmp, "wb") as handle:
-            handle.write(text.encode("utf-8", "surrogateescape"))
-        if mode is not None:
-            os.chmod(tmp, mode)
-        elif old is not None:
-            shutil.copymode(host, tmp)
-        os.rename(tmp, host)
+            self._backup(target)
+            mode = stat.S_IMODE(self.tree.mode(target)) if mode is None else mode
+        self.tree.write_bytes(target, text.encode("utf-8", "surrogateescape"), mode=mode)
         self._log("%s %s: %s" % ("edited" if old is not None else "created", path, why))
         return True
 
     def remove(self, path, why):
-        host = self.host_path(path, follow_last=False)
-        if not os.path.lexists(host):
+        if not self.tree.lexists(path):
             return False
         self._record("remove", path, why)
         if self.check_mode:
             return True
-        if os.path.isfile(host) and not os.path.islink(host):
-            self._backup(path, host)
-        if os.path.isdir(host) and not os.path.islink(host):
-            shutil.rmtree(host)
-        else:
-            os.unlink(host)
+        if stat.S_ISREG(self.tree.mode(path)):
+            self._backup(path)
+        self.tree.remove(path)
         self._log("removed %s: %s" % (path, why))
         return True
 
     def symlink(self, target, path, why):
-        host = self.host_path(path, follow_last=False)
-        if os.path.islink(host) and os.readlink(host) == target:
+        if self.tree.is_link(path) and self.tree.readlink(path) == target:
             return False
         self._record("symlink", path, why)
         if self.check_mode:
             return True
-        os.makedirs(os.path.dirname(host), exist_ok=True)
-        if os.path.lexists(host):
-            os.unlink(host)
-        os.symlink(target, host)
+        self.tree.makedirs(os.path.dirname(path) or "/")
+        if self.tree.lexists(path):
+            self.tree.remove(path)
+        self.tree.symlink(target, path)
         self._log("linked %s -> %s: %s" % (path, target, why))
         return True
 
     def run(self, argv, why, env=None, input=None, check=True):
-        """Run a command in the guest (chroot); in check mode only record it."""
+        """Run a command in the guest; in check mode only record it."""
         self._record("run", " ".join(argv), why)
         if self.check_mode:
             return None
         if self._run is None:
-            raise RuntimeError("no chroot runner for %s" % argv[0])
+            raise RuntimeError("no runner in the guest for %s" % argv[0])
         result = self._run(argv, env=env, input=input, check=check)
         self._log("ran %s: %s" % (" ".join(argv), why))
         return result
@@ -165,22 +153,21 @@ class GuestEditor:
         """Whether this run changed any of ``paths``."""
         return any(change["path"] in paths for change in self.changes if change["action"] != "run")
 
-    def _backup(self, path, host):
-        backup = self.host_path(backup_path(path), follow_last=False)
-        if not os.path.lexists(backup):
-            os.makedirs(os.path.dirname(backup), mode=0o700, exist_ok=True)
-            shutil.copy2(host, backup, follow_symlinks=False)
+    def _backup(self, path):
+        backup = backup_path(path)
+        if not self.tree.lexists(backup):
+            self.tree.makedirs(os.path.dirname(backup), mode=0o700)
+            self.tree.copy(path, backup)
 
     def restore_backup(self, path, why):
         """Put the backed-up original of ``path`` back (after a step that could not finish);
         True when there was one."""
-        backup = self.host_path(backup_path(path), follow_last=False)
-        if self.check_mode or not os.path.isfile(backup):
+        backup = backup_path(path)
+        if self.check_mode or not self.tree.is_file(backup):
             return False
-        host = self.host_path(path, follow_last=False)
-        tmp = temp_path(host)
-        shutil.copy2(backup, tmp)
-        os.rename(tmp, host)
+        tmp = temp_path(path)
+        self.tree.copy(backup, tmp)
+        self.tree.rename(tmp, path)
         self._record("restore", path, why)
         self._log("restored %s: %s" % (path, why))
         return True
@@ -190,37 +177,47 @@ class GuestEditor:
         backup tree, where no directory-reading program sees them."""
         moved = []
         for tree in LEGACY_BACKUP_TREES:
-            top = self.host_path(tree)
-            for directory, dirnames, filenames in os.walk(top):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    if name.endswith(LEGACY_BACKUP_SUFFIX) and name != LEGACY_BACKUP_SUFFIX:
-                        guest_dir = tree + directory[len(top):]
-                        moved.append(self._relocate(guest_dir + "/" + name))
+            for path in self._files_below(tree):
+                name = os.path.basename(path)
+                if name.endswith(LEGACY_BACKUP_SUFFIX) and name != LEGACY_BACKUP_SUFFIX:
+                    moved.append(self._relocate(path))
         return [path for path in moved if path]
+
+    def _files_below(self, top):
+        found = []
+        for name in self.tree.listdir(top):
+            path = top.rstrip("/") + "/" + name
+            if self.tree.is_link(path):
+                continue
+            if self.tree.is_dir(path):
+                found.extend(self._files_below(path))
+            else:
+                found.append(path)
+        return sorted(found)
 
     def _relocate(self, legacy):
         original = legacy[:-len(LEGACY_BACKUP_SUFFIX)]
-        host = self.host_path(legacy, follow_last=False)
-        if os.path.islink(host) or not os.path.isfile(host):
+        if self.tree.is_link(legacy) or not self.tree.is_file(legacy):
             return None
         self._record("move", legacy, "an old backup beside the file is read as configuration; now under %s"
                      % BACKUP_DIR)
         if self.check_mode:
             return legacy
-        target = self.host_path(backup_path(original), follow_last=False)
-        if os.path.lexists(target):
+        target = backup_path(original)
+        if self.tree.lexists(target):
             # The store already holds the original: keep this one too, under its own name.
-            target = self.host_path(backup_path(legacy), follow_last=False)
-        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-        shutil.copy2(host, target)
-        os.unlink(host)
-        self._log("moved %s to %s" % (legacy, target[len(self.root.rstrip("/")):]))
+            target = backup_path(legacy)
+        self.tree.makedirs(os.path.dirname(target), mode=0o700)
+        self.tree.copy(legacy, target)
+        self.tree.remove(legacy)
+        self._log("moved %s to %s" % (legacy, target))
         return legacy
 
     def _log(self, line):
-        host = self.host_path(GUEST_LOG)
-        if not os.path.isdir(os.path.dirname(host)):
+        if not self.tree.is_dir(os.path.dirname(GUEST_LOG)):
             return
-        with open(host, "a") as handle:
-            handle.write("%s [%s] %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), self.fixup, line))
+        entry = "%s [%s] %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), self.fixup, line)
+        if self.tree.lexists(GUEST_LOG):
+            self.tree.append(GUEST_LOG, entry.encode("utf-8", "surrogateescape"))
+        else:
+            self.tree.write_bytes(GUEST_LOG, entry.encode("utf-8", "surrogateescape"), mode=0o640)

@@ -15,20 +15,25 @@ __metaclass__ = type
 import hashlib
 import json
 import os
+import re
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import bare_fs
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import bootloader
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import cloud_init
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import console
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import devices
+from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import efi
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import firstboot
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import guest_tools
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import initramfs
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import network as network_fixup
 from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.edit import GuestEditor
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import (
-    inspect_guest, read_fstab, resolve_guest_path)
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.access import as_tree, read_text
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.appliance import ApplianceSession
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.chroot import ChrootSession
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import inspect_guest, read_fstab
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import loops_for_file
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.packages import GuestApt, packages_needed
 from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import describe_users, processes_using
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.progress import write_json_atomically
@@ -37,9 +42,11 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition
 # What the disks were called under Xen and which ones bare_fs gave a partition table: a later
 # run without the spec (or after the repartitioning) must map the same names the same way.
 DISK_RECORD = "/var/lib/xen2kvm/disks.json"
-FIXUPS = ("bare_fs", "devices", "console", "initramfs", "bootloader", "network", "remove_xen_tools",
+FIXUPS = ("bare_fs", "devices", "console", "initramfs", "bootloader", "network", "cloud_init", "remove_xen_tools",
           "guest_agent", "firstboot", "cleanup")
 SUPPORTED_FAMILIES = ("debian",)
+# guestfs: the libguestfs appliance (default); chroot: loop mounts on this host (opt-in, faster).
+ENGINES = ("guestfs", "chroot")
 
 
 class FixupError(RuntimeError):
@@ -56,6 +63,18 @@ def _check_disks(disks):
             if handle.read(4) == QCOW_MAGIC:
                 raise FixupError("%s is qcow2; guest_fixup works on raw images (xva_convert format=raw), "
                                  "convert to qcow2 afterwards" % path)
+
+
+def _refuse_busy(disks):
+    """An image a VM or a loop device uses may change under the appliance: refuse it."""
+    for path in disks:
+        users = processes_using(path)
+        if users:
+            raise FixupError("%s is in use by %s; stop it first; nothing was changed" % (path, describe_users(users)))
+        loops = loops_for_file(path)
+        if loops:
+            raise FixupError("%s is attached to %s; detach it first (losetup -d); nothing was changed"
+                             % (path, ", ".join(loop["device"] for loop in loops)))
 
 
 def _letters(name):
@@ -91,10 +110,10 @@ def xen_disk_names(spec, count):
 
 def read_disk_record(root, count):
     """What an earlier run recorded in the guest about its ``count`` disks, or None."""
+    text = read_text(as_tree(root), DISK_RECORD)
     try:
-        with open(resolve_guest_path(root, DISK_RECORD)) as handle:
-            record = json.load(handle)
-    except (OSError, ValueError):
+        record = json.loads(text) if text else None
+    except ValueError:
         return None
     if not isinstance(record, dict):
         return None
@@ -106,22 +125,22 @@ def read_disk_record(root, count):
     return {"xen_names": names, "repartitioned": set(repartitioned)}
 
 
-def names_from_fstab(mount, names):
+def names_from_fstab(guest, names):
     """Without a spec: the guest's own names for its bare-filesystem disks, read from its fstab.
 
     The root is found by looking, so the fstab line for / says what the guest called that disk
     (a PV guest's ``xvda1``).  Another bare disk takes the one Xen-style fstab name of its
     filesystem type (swap for a swap disk) that names no partition of a partitioned disk."""
     names = list(names)
-    entries = [e for e in read_fstab(mount.root) if devices.XEN_DISK_NAME.match(e["source"])
+    entries = [e for e in read_fstab(guest.tree) if devices.XEN_DISK_NAME.match(e["source"])
                and not e["source"].startswith(("/dev/vd", "vd"))]
-    root = mount.root_volume
+    root = guest.root_volume
     if root is not None and root.number is None:
         for entry in entries:
             if os.path.normpath(entry["mountpoint"]) == "/":
                 names[root.disk_index] = entry["source"].rsplit("/", 1)[-1]
-    partitioned = {(_letters(names[v.disk_index]), str(v.number)) for v in mount.volumes if v.number is not None}
-    bare = [v for v in mount.volumes if v.number is None and v is not root and v.fs is not None]
+    partitioned = {(_letters(names[v.disk_index]), str(v.number)) for v in guest.volumes if v.number is not None}
+    bare = [v for v in guest.volumes if v.number is None and v is not root and v.fs is not None]
     for volume in bare:
         same_type = [v for v in bare if v.fs.type == volume.fs.type]
         candidates = []
@@ -148,16 +167,22 @@ def refuse_unsupported(facts):
                          % ", ".join(k["version"] for k in facts["kernels"]) or "no kernels found")
 
 
-def volume_uuids(mount, names, repartitioned):
+def volume_name(names, volume):
+    """The guest's Xen name of a partition or bare-filesystem disk, by the names in use now."""
+    name = names[volume.disk_index]
+    return name if volume.number is None else re.sub(r"\d+$", "", name) + str(volume.number)
+
+
+def volume_uuids(guest, names, repartitioned):
     """KVM device name -> filesystem UUID for every volume of the guest (swap included)."""
     plain = devices.DeviceMap(names, repartitioned)
-    return {plain.rename("/dev/" + volume.name): volume.fs.uuid
-            for volume in mount.volumes if volume.fs is not None and volume.fs.uuid}
+    return {plain.rename("/dev/" + volume_name(names, volume)): volume.fs.uuid
+            for volume in guest.volumes if volume.fs is not None and volume.fs.uuid}
 
 
 class GuestFixup:
     def __init__(self, disks, spec=None, enabled=None, network="keep", apt_proxy=None, apt_mirror=None,
-                 resolv_conf="host", check_mode=False, root=None, package_dir=None):
+                 resolv_conf="host", check_mode=False, root=None, package_dir=None, engine="guestfs"):
         self.disks = [os.path.abspath(d) for d in disks]
         self.spec = spec or {}
         self.enabled = set(FIXUPS if enabled is None else enabled)
@@ -167,6 +192,9 @@ class GuestFixup:
         self.check_mode = check_mode
         self.firmware = self.spec.get("firmware", "bios")
         self.root = root  # the guest's name for the device holding /, when several disks hold one
+        if engine not in ENGINES:
+            raise FixupError("engine must be one of %s, not %s" % (", ".join(ENGINES), engine))
+        self.engine = engine
 
     # -- "already done?": a marker beside the boot disk, so a rerun after the VM was started
     # reports the guest as fixed instead of refusing to mount a disk in use.
@@ -204,60 +232,90 @@ class GuestFixup:
         done = self._in_use_but_done()
         if done is not None:
             return done
+        if self.engine == "guestfs":
+            _refuse_busy(self.disks)  # GuestMount does its own checks
         result = self._run()
         if not self.check_mode:
             write_json_atomically(self._marker_path(), {"fingerprint": self._fingerprint(),
                                                         "changes": len(result["changes"])})
         return result
 
+    def _open(self, names, network=False):
+        """The guest, read-only until make_writable(), in the engine asked for."""
+        session = ChrootSession if self.engine == "chroot" else ApplianceSession
+        return session(self.disks, readonly=self.check_mode, devices=names, root=self.root,
+                       network=network and not self.check_mode)
+
     def _run(self):
         names = xen_disk_names(self.spec, len(self.disks))
-        with GuestMount(self.disks, readonly=True, devices=names, root=self.root) as mount:
-            facts = inspect_guest(mount.root, disk=self.disks[0])
-            facts["root_partition"] = mount.root_partition
-            names, repartitioned_earlier = self._names_and_history(mount, names)
-        refuse_unsupported(facts)
-        changes, warnings = [], list(mount.released)
-        if self._repartition_due():
-            self._fetch_packages_into_guest(names, facts)
+        repartition = self._repartition_due()
+        with self._open(names, network=True) as guest:
+            facts = self._inspect(guest)
+            names, repartitioned_earlier = self._names_and_history(guest, names)
+            refuse_unsupported(facts)
+            warnings = list(guest.warnings)
+            if not repartition:
+                return self._fix(guest, names, repartitioned_earlier, [], warnings)
+            self._fetch_packages_into_guest(guest, facts)
+        changes = []
         repartitioned = self._bare_fs(changes) | repartitioned_earlier
-        with GuestMount(self.disks, readonly=self.check_mode, devices=names, root=self.root) as mount:
-            mapping = devices.DeviceMap(names, repartitioned, volume_uuids(mount, names, repartitioned))
-            facts = inspect_guest(mount.root, disk=self.disks[0])
-            editor = GuestEditor(mount.root, self.check_mode, run=mount.run_in_chroot)
-            editor.changes.extend(changes)
-            with GuestApt(editor, mount.run_in_chroot, **self.apt_options) as apt:
-                apt.fetch_first(*packages_needed(facts, self.enabled, self.firmware))  # before any change
-                editor.fixup = "devices"
-                editor.write(DISK_RECORD, json.dumps({"xen_names": names, "repartitioned": sorted(repartitioned)}) + "\n",
-                             "what the disks were called under Xen, for later runs")
-                self._apply_all(editor, facts, mount, mapping, apt)
+        with self._open(names, network=True) as guest:
+            warnings.extend(w for w in guest.warnings if w not in warnings)
+            return self._fix(guest, names, repartitioned, changes, warnings)
+
+    def _inspect(self, guest):
+        facts = inspect_guest(guest.tree, disk=self.disks[0])
+        facts["root_partition"] = guest.root_partition
+        facts["engine"] = guest.engine
+        return facts
+
+    def _fix(self, guest, names, repartitioned, changes, warnings):
+        if not self.check_mode:
+            guest.make_writable()
+        mapping = devices.DeviceMap(names, repartitioned, volume_uuids(guest, names, repartitioned))
+        facts = self._inspect(guest)
+        editor = GuestEditor(guest.tree, self.check_mode, run=guest.run)
+        editor.changes.extend(changes)
+        with GuestApt(editor, guest.run, **self._apt_options_for(guest)) as apt:
+            apt.fetch_first(*packages_needed(facts, self.enabled, self.firmware))  # before any change
+            editor.fixup = "devices"
+            editor.write(DISK_RECORD, json.dumps({"xen_names": names, "repartitioned": sorted(repartitioned)}) + "\n",
+                         "what the disks were called under Xen, for later runs")
+            self._apply_all(editor, facts, guest, mapping, apt)
         warnings.extend(editor.warnings)
         return {"changed": bool(editor.changes), "changes": editor.changes, "diff": editor.diffs,
                 "facts": facts, "warnings": warnings, "check_mode": self.check_mode}
 
-    def _names_and_history(self, mount, names):
+    def _apt_options_for(self, guest):
+        options = dict(self.apt_options)
+        if guest.engine == "guestfs" and options["resolv_conf"] == "host":
+            # The appliance has its own resolver (libguestfs puts it in the guest while a command
+            # runs); the host's may be a 127.0.0.x stub the appliance cannot reach.
+            options["resolv_conf"] = None
+        return options
+
+    def _names_and_history(self, guest, names):
         """The disk names to use and the disks an earlier run repartitioned: the spec's names
         when given, else the ones an earlier run recorded, else those the guest's fstab shows."""
-        record = read_disk_record(mount.root, len(self.disks))
+        record = read_disk_record(guest.tree, len(self.disks))
         earlier = record["repartitioned"] if record else set()
         if self.spec.get("disks"):
             return names, earlier
         if record:
             return record["xen_names"], earlier
-        return names_from_fstab(mount, names), earlier
+        return names_from_fstab(guest, names), earlier
 
     def _repartition_due(self):
         return ("bare_fs" in self.enabled and not self.check_mode
                 and bare_fs.bare_root_filesystem(self.disks[0]) is not None)
 
-    def _fetch_packages_into_guest(self, names, facts):
+    def _fetch_packages_into_guest(self, guest, facts):
         """Repartitioning is the first change: the packages the fixups need go into the guest's
         package cache before it, so an offline host fails with the disk as it was."""
-        with GuestMount(self.disks, readonly=False, devices=names, root=self.root) as mount:
-            editor = GuestEditor(mount.root, False, run=mount.run_in_chroot)
-            with GuestApt(editor, mount.run_in_chroot, **self.apt_options) as apt:
-                apt.fetch_first(*packages_needed(facts, self.enabled, self.firmware))
+        guest.make_writable()
+        editor = GuestEditor(guest.tree, False, run=guest.run)
+        with GuestApt(editor, guest.run, **self._apt_options_for(guest)) as apt:
+            apt.fetch_first(*packages_needed(facts, self.enabled, self.firmware))
 
     def _bare_fs(self, changes):
         if "bare_fs" not in self.enabled:
@@ -282,23 +340,23 @@ class GuestFixup:
         except (GuestError, OSError, RuntimeError, ValueError) as exc:
             raise FixupError("fixup %s failed: %s" % (name, exc))
 
-    def _apply_all(self, editor, facts, mount, mapping, apt):
+    def _apply_all(self, editor, facts, guest, mapping, apt):
         ifnames0 = "network" in self.enabled
         firstboot_commands = []
         self._step("devices", editor, devices.apply, editor, mapping)
         self._step("console", editor, console.apply, editor, mapping, ifnames0)
         self._step("initramfs", editor, initramfs.apply, editor, facts)
         if self.firmware == "uefi":
-            editor.warn("UEFI guest: the boot loader was left as it is (an EFI system partition cannot be "
-                        "mounted on this host)")
+            self._step("bootloader", editor, efi.apply, editor, facts, apt)
         else:
             before = len(editor.changes)
-            self._step("bootloader", editor, bootloader.apply, editor, facts, mount, mapping, apt, ifnames0)
+            self._step("bootloader", editor, bootloader.apply, editor, facts, guest, mapping, apt, ifnames0)
             if len(editor.changes) > before:
                 firstboot_commands += [
                     "echo 'grub-pc grub-pc/install_devices multiselect /dev/vda' | debconf-set-selections",
                     "grub-install /dev/vda", "update-grub"]
         self._step("network", editor, network_fixup.apply, editor, facts, self.network)
+        self._step("cloud_init", editor, cloud_init.apply, editor, facts)
         self._step("remove_xen_tools", editor, guest_tools.remove_xen_tools, editor, facts, apt)
         self._step("guest_agent", editor, guest_tools.install_guest_agent, editor, facts, apt, firstboot_commands)
         self._step("firstboot", editor, firstboot.apply, editor, facts, firstboot_commands)

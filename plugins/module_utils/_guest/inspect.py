@@ -1,28 +1,27 @@
 # -*- coding: utf-8 -*-
 # Copyright: xen2kvm developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Facts about a guest operating system, read from its mounted root directory.
+"""Facts about a guest operating system, read from its files.
 
-Everything here is a pure function over a directory tree: no mounts, no chroot, no guest
-binaries run. That keeps inspection safe on a guest we do not trust yet and testable with
-small fake trees.
-
-Paths inside the guest are resolved with resolve_guest_path(): the guest's absolute symlinks
-(/sbin -> usr/sbin, /etc/os-release -> ../usr/lib/os-release, a hostile /etc -> /) must be
-read relative to the guest root, never the host's.
+Everything here is a pure function over a tree (``_guest.access``: the libguestfs appliance, or
+a host directory for the chroot engine and small fake trees in tests): no mounts, no guest
+binaries run. That keeps inspection safe on a guest we do not trust yet.  A host directory
+path is accepted wherever a tree is.
 """
 
-import glob
 import os
 import re
-from collections import deque
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import (
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.access import (  # noqa: F401 (re-exported)
+    as_tree,
+    guest_glob,
+    read_text,
+    resolve_guest_path,
+)
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import (  # noqa: F401
     GuestError,
     mbr_has_boot_code,
 )
-
-MAX_SYMLINK_HOPS = 40  # same limit as the kernel's ELOOP
 
 DEBIAN_CODENAMES = {
     "5": "lenny", "6": "squeeze", "7": "wheezy", "8": "jessie", "9": "stretch",
@@ -63,66 +62,18 @@ QEMU_GUEST_AGENT_FILES = ("/usr/sbin/qemu-ga", "/usr/bin/qemu-ga")
 # --------------------------------------------------------------------------- guest paths
 
 
-def resolve_guest_path(root, path, follow_last=True):
-    """Host path of the guest's ``path``, following symlinks as the guest would see them.
-
-    Absolute symlink targets restart at the guest root and ``..`` stops at the guest root
-    (chroot semantics), so the result always lies inside ``root``. With follow_last=False a
-    final symlink is returned itself (to replace or remove the link, not its target).
-    Missing components are fine: the result is where the file would be.
-    """
-    root = os.path.realpath(root)
-    pending = deque(part for part in path.split("/") if part)
-    resolved = []
-    hops = 0
-    while pending:
-        part = pending.popleft()
-        if part == ".":
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, part)
-        if os.path.islink(candidate) and (pending or follow_last):
-            hops += 1
-            if hops > MAX_SYMLINK_HOPS:
-                raise GuestError("too many levels of symbolic links resolving %s in the guest"
-                                 % path)
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            pending.extendleft(reversed([p for p in target.split("/") if p]))
-            continue
-        resolved.append(part)
-    result = os.path.join(root, *resolved)
-    # Belt and braces: nothing above can leave root, but a bug here would be a host write.
-    if result != root and not result.startswith(root + os.sep):
-        raise GuestError("guest path %s resolves outside the guest root" % path)
-    return result
-
-
 def _read_text(root, path, limit=4 * 1024 * 1024):
     """Content of the guest file ``path`` or None when it is absent or not a regular file."""
-    host = resolve_guest_path(root, path)
-    if not os.path.isfile(host):
-        return None
-    with open(host, "rb") as fobj:
-        return fobj.read(limit).decode("utf-8", "replace")
+    return read_text(as_tree(root), path, limit)
 
 
 def _exists(root, path):
-    return os.path.lexists(resolve_guest_path(root, path))
+    return as_tree(root).exists(path)
 
 
 def _guest_glob(root, pattern):
     """Guest paths matching ``pattern`` (the directory part is resolved in the guest)."""
-    directory, name_pattern = os.path.split(pattern)
-    host_dir = resolve_guest_path(root, directory)
-    if not os.path.isdir(host_dir):
-        return []
-    return sorted(os.path.join(directory, os.path.basename(p))
-                  for p in glob.glob(os.path.join(glob.escape(host_dir), name_pattern)))
+    return guest_glob(as_tree(root), pattern)
 
 
 # --------------------------------------------------------------------------- OS
@@ -262,10 +213,10 @@ def _installed(packages, *names):
 def detect_init(root, packages=None):
     """'systemd', 'sysvinit', 'upstart', 'busybox' or 'unknown', and the init's guest path."""
     packages = read_dpkg_status(root) if packages is None else packages
-    init_host = resolve_guest_path(root, "/sbin/init")
-    init_guest = "/" + os.path.relpath(init_host, os.path.realpath(root))
-    if os.path.isfile(init_host):
-        name = os.path.basename(init_host)
+    tree = as_tree(root)
+    if tree.is_file("/sbin/init"):
+        init_guest = tree.realpath("/sbin/init")
+        name = os.path.basename(init_guest)
         if name == "systemd":
             return {"init": "systemd", "path": init_guest}
         if name == "busybox":
@@ -279,7 +230,7 @@ def detect_init(root, packages=None):
         return {"init": "unknown", "path": init_guest}
     # No /sbin/init at all: the boot loader may pass init=/lib/systemd/systemd.
     for candidate in ("/lib/systemd/systemd", "/usr/lib/systemd/systemd"):
-        if os.path.isfile(resolve_guest_path(root, candidate)):
+        if tree.is_file(candidate):
             return {"init": "systemd", "path": candidate}
     return {"init": "unknown", "path": ""}
 
@@ -315,21 +266,17 @@ def _module_names_in_list(text):
     return names
 
 
-def _modules_on_disk(modules_dir):
-    names = set()
-    for _dirpath, _dirnames, filenames in os.walk(modules_dir):
-        for filename in filenames:
-            if ".ko" in filename:
-                names.add(filename.split(".ko", 1)[0].replace("-", "_"))
-    return names
+def _modules_on_disk(tree, modules_dir):
+    return {name.split(".ko", 1)[0].replace("-", "_") for name in tree.files_under(modules_dir) if ".ko" in name}
 
 
 def kernel_driver_states(root, version, config=None):
     """For each VIRTIO_MODULES driver: 'builtin', 'module', 'missing' or 'unknown'."""
-    modules_dir = resolve_guest_path(root, "/lib/modules/%s" % version)
+    tree = as_tree(root)
+    modules_dir = "/lib/modules/%s" % version
     builtin = set()
     loadable = set()
-    have_modules = os.path.isdir(modules_dir)
+    have_modules = tree.is_dir(modules_dir)
     if have_modules:
         builtin_text = _read_text(root, "/lib/modules/%s/modules.builtin" % version)
         dep_text = _read_text(root, "/lib/modules/%s/modules.dep" % version)
@@ -338,7 +285,7 @@ def kernel_driver_states(root, version, config=None):
         if dep_text is not None:
             loadable = _module_names_in_list(dep_text)
         # modules.dep can be stale or absent (depmod never ran): trust the .ko files too.
-        loadable |= _modules_on_disk(modules_dir)
+        loadable |= _modules_on_disk(tree, modules_dir)
     states = {}
     for module, symbol in VIRTIO_MODULES.items():
         configured = (config or {}).get(symbol)
@@ -357,9 +304,9 @@ def _initramfs_for(root, version):
     for pattern in ("/boot/initrd.img-%s", "/boot/initramfs-%s.img", "/boot/initrd-%s",
                     "/boot/initrd-%s.img"):
         guest = pattern % version
-        host = resolve_guest_path(root, guest)
-        if os.path.isfile(host):
-            return {"path": guest, "size": os.path.getsize(host)}
+        tree = as_tree(root)
+        if tree.is_file(guest):
+            return {"path": guest, "size": tree.size(guest)}
     return None
 
 
@@ -387,7 +334,7 @@ def list_kernels(root):
             "version": version,
             "image": guest,
             "config": "/boot/config-%s" % version if config else None,
-            "modules_dir": modules_dir if os.path.isdir(resolve_guest_path(root, modules_dir)) else None,
+            "modules_dir": modules_dir if as_tree(root).is_dir(modules_dir) else None,
             "xen_only": xen_only,
             "drivers": drivers,
             "virtio_blk": drivers["virtio_blk"],
@@ -404,9 +351,9 @@ def detect_bootloader(root, packages=None, disk=None):
     """Boot loader configs and packages present; with ``disk``, whether its MBR has code."""
     packages = read_dpkg_status(root) if packages is None else packages
     grub2_cfg = next((p for p in ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
-                      if os.path.isfile(resolve_guest_path(root, p))), None)
+                      if as_tree(root).is_file(p)), None)
     legacy_cfg = next((p for p in ("/boot/grub/menu.lst", "/boot/grub/grub.conf")
-                       if os.path.isfile(resolve_guest_path(root, p))), None)
+                       if as_tree(root).is_file(p)), None)
     installed = sorted(n for n in GRUB2_PACKAGES + GRUB_LEGACY_PACKAGES if _installed(packages, n))
     # dpkg "grub" was the legacy package until squeeze; later it is a transitional grub-pc.
     grub_legacy_pkg = _installed(packages, "grub-legacy") or (
@@ -560,7 +507,7 @@ def looks_like_root(root):
 def _tool_installed(root, packages, package, files):
     if _installed(packages, package):
         return True
-    return any(os.path.isfile(resolve_guest_path(root, f)) for f in files)
+    return any(as_tree(root).is_file(f) for f in files)
 
 
 def xen_tool_packages(packages):
@@ -575,8 +522,7 @@ def inspect_guest(root, disk=None):
 
     ``disk`` (the image or device holding the boot disk) adds the MBR boot code check.
     """
-    if not os.path.isdir(root):
-        raise GuestError("guest root %s is not a directory" % root)
+    root = as_tree(root)
     packages = read_dpkg_status(root)
     kernels = list_kernels(root)
     usable = [k["version"] for k in kernels if k["usable_on_kvm"]]
@@ -594,7 +540,7 @@ def inspect_guest(root, disk=None):
         "xe_guest_utilities": _tool_installed(root, packages, "xe-guest-utilities",
                                               XE_GUEST_UTILITIES_FILES),
         "xen_tools_packages": xen_tool_packages(packages),
-        "xen_tools_files": [f for f in XEN_TOOL_FILES if os.path.lexists(resolve_guest_path(root, f))],
+        "xen_tools_files": [f for f in XEN_TOOL_FILES if root.exists(f)],
         "qemu_guest_agent": _tool_installed(root, packages, "qemu-guest-agent",
                                             QEMU_GUEST_AGENT_FILES),
         "kernel_packages": sorted(n for n, p in packages.items()

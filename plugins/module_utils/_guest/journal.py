@@ -18,9 +18,8 @@ __metaclass__ = type
 
 import json
 import os
-import shutil
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import resolve_guest_path
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.access import as_tree
 
 STATE_DIR = "/var/lib/xen2kvm"
 JOURNAL = STATE_DIR + "/journal.json"
@@ -31,48 +30,28 @@ LEGACY_SAVED_SUFFIX = ".xen2kvm-saved"
 LEGACY_TEMPORARY = ("/etc/resolv.conf", "/usr/sbin/policy-rc.d", "/etc/apt/sources.list.d/xen2kvm-mirror.list")
 
 
-def _remove(host):
-    if os.path.isdir(host) and not os.path.islink(host):
-        shutil.rmtree(host)
-    elif os.path.lexists(host):
-        os.unlink(host)
-
-
-def _fsync_write(host, data):
-    tmp = host + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.rename(tmp, host)
-
-
 class Journal:
-    """Temporary changes of guest files and directories, undone in reverse order."""
+    """Temporary changes of guest files and directories, undone in reverse order.  ``root`` is
+    a tree (``_guest.access``) or a host directory holding the guest."""
 
     def __init__(self, root):
-        self.root = root
+        self.tree = as_tree(root)
         self.entries = []  # {"path": guest path, "saved": guest path of the original or None}
-
-    def _host(self, path):
-        return resolve_guest_path(self.root, path, follow_last=False)
 
     # -- the file itself
     def _load(self):
         try:
-            with open(self._host(JOURNAL)) as handle:
-                return list(json.load(handle).get("entries", []))
-        except (OSError, ValueError, AttributeError):
+            return list(json.loads(self.tree.read_bytes(JOURNAL).decode("utf-8")).get("entries", []))
+        except (OSError, RuntimeError, ValueError, AttributeError):
             return []
 
     def _save(self):
-        host = self._host(JOURNAL)
         if not self.entries:
-            if os.path.lexists(host):
-                os.unlink(host)
+            self.tree.remove(JOURNAL)
             return
-        os.makedirs(os.path.dirname(host), mode=0o755, exist_ok=True)
-        _fsync_write(host, json.dumps({"entries": self.entries}, indent=1))
+        self.tree.makedirs(os.path.dirname(JOURNAL))
+        self.tree.write_bytes(JOURNAL, json.dumps({"entries": self.entries}, indent=1).encode("utf-8"),
+                              durable=True)
 
     def pending(self):
         """What an earlier, killed run left to undo (guest paths)."""
@@ -82,31 +61,24 @@ class Journal:
     # -- making a temporary change
     def replace(self, path, text, mode):
         """Give ``path`` the content ``text`` until undo(); the original (or its absence) comes back."""
-        host = self._host(path)
         saved = None
-        if os.path.lexists(host):
+        if self.tree.lexists(path):
             saved = SAVED_DIR + "/" + path.lstrip("/")
-            saved_host = self._host(saved)
-            os.makedirs(os.path.dirname(saved_host), mode=0o700, exist_ok=True)
-            _remove(saved_host)
-            shutil.copy2(host, saved_host, follow_symlinks=False)
+            self.tree.makedirs(os.path.dirname(saved), mode=0o700)
+            self.tree.remove(saved)
+            self.tree.copy(path, saved)
         self.entries.append({"path": path, "saved": saved})
         self._save()
-        _remove(host)
-        os.makedirs(os.path.dirname(host), exist_ok=True)
-        with open(host, "w") as handle:
-            handle.write(text)
-        os.chmod(host, mode)
+        self.tree.remove(path)
+        self.tree.makedirs(os.path.dirname(path))
+        self.tree.write_bytes(path, text.encode("utf-8"), mode=mode)
 
     def add_directory(self, path):
         """``path`` (which must not exist) is ours until undo()."""
-        host = self._host(path)
-        if os.path.lexists(host):
-            _remove(host)
+        self.tree.remove(path)
         self.entries.append({"path": path, "saved": None})
         self._save()
-        os.makedirs(host, mode=0o755)
-        return host
+        self.tree.makedirs(path)
 
     # -- undoing
     def undo(self):
@@ -129,32 +101,28 @@ class Journal:
         return done
 
     def _undo_entry(self, entry):
-        host = self._host(entry["path"])
-        _remove(host)
-        if entry.get("saved"):
-            saved_host = self._host(entry["saved"])
-            if os.path.lexists(saved_host):
-                tmp = os.path.join(os.path.dirname(host), "." + os.path.basename(host) + ".xen2kvm-tmp")
-                _remove(tmp)
-                shutil.copy2(saved_host, tmp, follow_symlinks=False)
-                os.rename(tmp, host)
-                os.unlink(saved_host)
+        path = entry["path"]
+        self.tree.remove(path)
+        saved = entry.get("saved")
+        if saved and self.tree.lexists(saved):
+            tmp = os.path.dirname(path).rstrip("/") + "/." + os.path.basename(path) + ".xen2kvm-tmp"
+            self.tree.remove(tmp)
+            self.tree.copy(saved, tmp)
+            self.tree.rename(tmp, path)
+            self.tree.remove(saved)
 
     def _legacy_leftover(self, path):
-        host = self._host(path)
-        if os.path.lexists(host + LEGACY_SAVED_SUFFIX):
+        if self.tree.lexists(path + LEGACY_SAVED_SUFFIX):
             return True
         if path.endswith("xen2kvm-mirror.list"):
-            return os.path.lexists(host)
-        if path.endswith("policy-rc.d") and os.path.isfile(host) and not os.path.islink(host):
-            with open(host, errors="replace") as handle:
-                return POLICY_MARK in handle.read()
+            return self.tree.lexists(path)
+        if path.endswith("policy-rc.d") and self.tree.is_file(path) and not self.tree.is_link(path):
+            return POLICY_MARK in self.tree.read_bytes(path).decode("utf-8", "replace")
         return False
 
     def _undo_legacy(self, path):
-        host = self._host(path)
-        if os.path.lexists(host + LEGACY_SAVED_SUFFIX):
-            _remove(host)
-            os.rename(host + LEGACY_SAVED_SUFFIX, host)
+        if self.tree.lexists(path + LEGACY_SAVED_SUFFIX):
+            self.tree.remove(path)
+            self.tree.rename(path + LEGACY_SAVED_SUFFIX, path)
         else:
-            _remove(host)
+            self.tree.remove(path)
