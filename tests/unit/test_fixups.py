@@ -15,6 +15,7 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import f
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import initramfs
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import network
 from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest import chroot
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest import edit
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest import inspect
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.edit import GUEST_LOG, GuestEditor
@@ -185,7 +186,7 @@ def test_grub_probe_stand_in_answers_for_kvm_devices(tmp_path):
     script = tmp_path / "grub-probe"
     boot = table_row("/boot", "/dev/vda1", uuid="b00b")
     root = table_row("/", "/dev/vda2", uuid="7007")
-    script.write_text(bootloader.grub_probe_script([root, boot]))
+    script.write_text(chroot.grub_probe_script([root, boot]))
     assert probe(script, "--target=device", "/") == (0, "/dev/vda2")
     assert probe(script, "--target=device", "/boot") == (0, "/dev/vda1")
     assert probe(script, "--device", "/dev/vda2", "--target=fs_uuid") == (0, "7007")
@@ -202,7 +203,7 @@ def test_grub_cfg_checks_and_core_modules():
     assert "mentions /dev/loop" in bootloader.grub_cfg_problems(made.replace("UUID=abc", "/dev/loop1"))
     assert "was not made by grub-mkconfig (a pygrub menu)" in bootloader.grub_cfg_problems(
         "menuentry x {\n linux /vmlinuz root=/dev/xvda1 console=hvc0\n}\n")
-    assert bootloader.core_modules([table_row("/"), table_row("/boot", fs="xfs")]) == \
+    assert chroot.core_modules([table_row("/"), table_row("/boot", fs="xfs")]) == \
         "biosdisk part_msdos xfs search_fs_uuid"
 
 
