@@ -74,7 +74,12 @@ def undo_on_host(targets, read_ahead):
 
 
 def probe_log(guest, targets):
-    return [entry for entry in read_probe_log(guest) if entry[0] == targets.token]
+    """This run's lines of the guest's probe log; a per-probe summary goes to the test's output."""
+    log = [entry for entry in read_probe_log(guest) if entry[0] == targets.token]
+    for probe in PROBES:
+        did = [what for _token, name, what, _rest in log if name == probe]
+        print("%s: %s" % (probe, ", ".join("%s x%d" % (what, did.count(what)) for what in sorted(set(did)))))
+    return log
 
 
 @pytest.mark.parametrize("engine", ENGINES)
