@@ -437,7 +437,7 @@ def libvirt_xml(guest, spec, path):
     firmware = " firmware='efi'" if spec.get("firmware") == "uefi" else ""
     path.write_text("<domain type='xen'><name>%s</name><memory unit='MiB'>%d</memory><vcpu>%d</vcpu>"
                     "<os%s><type>hvm</type></os><devices>%s</devices></domain>\n"
-                    % (guest.name, spec.get("memory_mib") or 1024, spec.get("vcpus") or 1, firmware, disks))
+                    % (xml.sax.saxutils.escape(guest.name), spec.get("memory_mib") or 1024, spec.get("vcpus") or 1, firmware, disks))
     return path
 
 
