@@ -437,7 +437,8 @@ def libvirt_xml(guest, spec, path):
     firmware = " firmware='efi'" if spec.get("firmware") == "uefi" else ""
     path.write_text("<domain type='xen'><name>%s</name><memory unit='MiB'>%d</memory><vcpu>%d</vcpu>"
                     "<os%s><type>hvm</type></os><devices>%s</devices></domain>\n"
-                    % (xml.sax.saxutils.escape(guest.name), spec.get("memory_mib") or 1024, spec.get("vcpus") or 1, firmware, disks))
+                    % (xml.sax.saxutils.escape(guest.name), spec.get("memory_mib") or 1024, spec.get("vcpus") or 1,
+                       firmware, disks))
     return path
 
 
@@ -529,19 +530,24 @@ def table_cells(row):
     name = row["variant"]
     if row.get("skipped"):
         return [name, row["skipped"], "", "", "", "", ""]
-    mine, v2v = row.get("ours", {}), row.get("virt_v2v")
+    mine, v2v = row.get("ours"), row.get("virt_v2v")
+    stopped = "interrupted" if row.get("interrupted") else "-"
+    if mine is None:
+        return [name, stopped, "-", "-", "-", "-", "-"]
     if "fixup_error" in mine:
         fixup = "failed after %.1f: %s" % (mine["fixup_s"], mine["fixup_error"][:80])
         rerun = "-"
     else:
         fixup = "%.1f" % mine["fixup_s"]
-        if "rerun_error" in mine:
+        if "rerun_s" not in mine:
+            rerun = stopped
+        elif "rerun_error" in mine:
             rerun = "failed: %s" % mine["rerun_error"][:60]
         else:
             rerun = "%s (%.1f s)" % ("yes" if mine.get("rerun_changed") is False else "NO, changed",
                                      mine["rerun_s"])
     if v2v is None:
-        v2v_cells = ["not run", "-", "-"]
+        v2v_cells = [stopped if row.get("interrupted") else "not run", "-", "-"]
     else:
         v2v_cells = [v2v["result"], "%.1f" % v2v["seconds"], cell_login(v2v.get("boot"))]
     return [name, fixup, rerun, cell_login(mine.get("boot"))] + v2v_cells
@@ -562,30 +568,33 @@ def write_json(report):
 
 
 # --------------------------------------------------------------------------- one variant
-def compare_variant(children, name, work, args, report):
-    row = {"variant": name}
+def compare_variant(children, row, work, args, report):
+    """Fills ``row`` (already in the report, written after each step: an interrupted run keeps
+    what it measured)."""
+    name = row["variant"]
     if name not in guest_factory.VARIANTS:
         row["skipped"] = "not in guest_factory list (not added yet)"
         log("%s: %s" % (name, row["skipped"]))
-        return row
+        return
     try:
         guest = guest_factory.build_variant(name, work / "ours")
     except guest_factory.GuestBuildError as exc:
         row["skipped"] = "could not build: %s" % str(exc).splitlines()[0][:100]
-        return row
+        return
     spec = spec_of(guest)
     row["firmware"], row["disks"] = spec.get("firmware"), len(guest.disks)
     row["ours"] = ours(children, guest, spec, work / "ours", args.engine, report["tool_env"])
+    write_json(report)
     if report.get("appliance_launch_s") is None and "appliance" not in " ".join(row["ours"]["fixup_phases"]):
         log("guest_fixup reports no appliance start: timing a bare libguestfs appliance launch")
         report["appliance_launch_s"] = appliance_launch_seconds(guest.disks[0], not report["kvm_usable"])
     if not args.no_boot and "fixup_error" not in row["ours"]:
         row["ours"]["boot"] = boot_and_check(guest.disks, spec, work / "ours" / "boot")
+        write_json(report)
     if args.no_v2v:
-        return row
+        return
     fresh = guest_factory.build_variant(name, work / "v2v")
     row["virt_v2v"] = virt_v2v(children, fresh, spec, work / "v2v", report["tool_env"], not args.no_boot)
-    return row
 
 
 def remove_variant_files(work):
@@ -645,18 +654,18 @@ def main():
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fixup-compare-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     children = Children()
-    report["current"] = args.variants[0] if args.variants else None
     try:
         for name in args.variants:
-            report["current"] = name
-            report["rows"].append(compare_variant(children, name, work / name, args, report))
+            report["rows"].append({"variant": name})
+            compare_variant(children, report["rows"][-1], work / name, args, report)
             write_json(report)
             if not args.keep:
                 remove_variant_files(work / name)
     except (KeyboardInterrupt, Interrupted) as exc:
         log("interrupted (%s): cleaning up" % (exc or "SIGINT"))
         report["interrupted"] = True
-        report["rows"].append({"variant": report["current"], "skipped": "interrupted"})
+        if report["rows"]:
+            report["rows"][-1]["interrupted"] = True
         write_json(report)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
