@@ -756,7 +756,26 @@ def _write_meta(spec: VariantSpec, out: Path, t0: float, kver: str, cmdline: str
     }
     if layout:
         meta["layout"] = layout
+    if _in_appliance(spec):
+        meta["built_in_appliance"] = True
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def _in_appliance(spec: VariantSpec) -> bool:
+    return spec.layout in guestfs_build.LAYOUTS or (not spec.pv and spec.boot_code == "guestfs")
+
+
+def _cached_meta(spec: VariantSpec, final: Path) -> dict | None:
+    """meta.json of a finished cache entry; None when absent or when the entry was made by a
+    factory that had the spec but not its appliance build (a stale copy of the checkout)."""
+    path = final / "meta.json"
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text())
+    if _in_appliance(spec) and not meta.get("built_in_appliance"):
+        log(f"{final.name}: cached image was not built in the appliance; rebuilding it")
+        return None
     return meta
 
 
@@ -765,11 +784,14 @@ def ensure_image(name: str) -> tuple:
     spec = SPECS[name]
     key = image_key(spec)
     final = CACHE_DIR / "images" / key
-    if (final / "meta.json").is_file():
-        return final, json.loads((final / "meta.json").read_text()), False
+    meta = _cached_meta(spec, final)
+    if meta:
+        return final, meta, False
     with _locked(f"image-{key}"):
-        if (final / "meta.json").is_file():
-            return final, json.loads((final / "meta.json").read_text()), False
+        meta = _cached_meta(spec, final)
+        if meta:
+            return final, meta, False
+        _safe_rmtree(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".tmp-{key}"
         _safe_rmtree(tmp)

@@ -357,9 +357,28 @@ def install_boot_loader(g, spec) -> str:
         _guest_command(g, "grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi",
                        "--bootloader-id=debian", "--no-nvram")
     else:
-        _guest_command(g, "grub-install", "--target=i386-pc", DISK)
+        _grub_install_pc(g)
     _guest_command(g, "update-grub")
     return kernel_args(g.cat("/boot/grub/grub.cfg"))
+
+
+def _grub_install_pc(g) -> None:
+    """grub-install --target=i386-pc on the appliance's disk. The filesystems and LVM were
+    written through the partition devices: flush the block devices' caches first so grub-setup,
+    reading the whole disk, sees the partition table and embedding area as written. One build
+    of the GPT layout (once, not reproduced) saw no partition table there and refused to embed:
+    a second attempt is made before giving up."""
+    for dev in [DISK] + g.list_partitions():
+        g.blockdev_flushbufs(dev)
+    try:
+        _guest_command(g, "grub-install", "--target=i386-pc", DISK)
+    except ApplianceError as first:
+        if "embedding is not possible" not in str(first):
+            raise
+        g.sync()
+        for dev in [DISK] + g.list_partitions():
+            g.blockdev_flushbufs(dev)
+        _guest_command(g, "grub-install", "--target=i386-pc", DISK)
 
 
 def kernel_args(grub_cfg: str) -> str:
@@ -384,7 +403,7 @@ def install_grub_pc(disk, root_partition: int, boot_partition: int | None = None
         g.mount(f"{DISK}{root_partition}", "/")
         if boot_partition:
             g.mount(f"{DISK}{boot_partition}", "/boot")
-        _guest_command(g, "grub-install", "--target=i386-pc", DISK)
+        _grub_install_pc(g)
         g.write("/boot/grub/device.map", f"(hd0)\t{XEN_DISK}\n")
         finish(g)
 
