@@ -90,8 +90,9 @@ def guest_sh(dom, script, timeout=300):
 # ------------------------------------------------------------------------------ the chain
 
 
-def _ssh_host_keys(disks):
-    """{file: public key} of /etc/ssh/ssh_host_*_key.pub, read-only in the appliance."""
+def _cloud_identity(disks):
+    """The SSH host keys ({file: public key}) and cloud-init's instance directories the guest
+    has before the migration, read-only in the appliance."""
     import guestfs
     g = guestfs.GuestFS(python_return_dict=True)
     g.set_backend("direct")
@@ -103,7 +104,9 @@ def _ssh_host_keys(disks):
         root, = g.inspect_os()
         for mountpoint, device in sorted(g.inspect_get_mountpoints(root).items(), key=lambda m: len(m[0])):
             g.mount_ro(device, mountpoint)
-        return {path: g.cat(path) for path in g.glob_expand("/etc/ssh/ssh_host_*_key.pub")}
+        keys = {path: g.cat(path) for path in g.glob_expand("/etc/ssh/ssh_host_*_key.pub")}
+        instances = sorted(g.ls("/var/lib/cloud/instances")) if g.is_dir("/var/lib/cloud/instances") else []
+        return keys, instances
     finally:
         g.close()
 
@@ -135,6 +138,7 @@ def _observe_running_guest(dom, variant):
         seen["ssh_host_keys"] = {}
         for path in guest_sh(dom, "ls /etc/ssh/ssh_host_*_key.pub")[1].split():
             seen["ssh_host_keys"][path] = guest_sh(dom, "cat %s" % path)[1]
+        seen["cloud_instances"] = sorted(guest_sh(dom, "ls /var/lib/cloud/instances")[1].split())
         seen["eth0_addresses"] = guest_sh(dom, "ip -o addr show dev eth0")[1]
     if variant == "deb12-uefi":
         rc, out, _err = guest_sh(dom, "command -v efibootmgr >/dev/null && efibootmgr -v")
@@ -156,7 +160,7 @@ def migrate_and_prove(variant, base, conn):
     out["hostname"] = guest.hostname
     out["static_ip"] = guest.static_ip
     if variant == "ubuntu-like":
-        out["ssh_host_keys_before"] = _ssh_host_keys(guest.disks)
+        out["ssh_host_keys_before"], out["cloud_instances_before"] = _cloud_identity(guest.disks)
     xva = guest.xva(str(work / "vm.xva"), checksum="sha1")
     shutil.rmtree(str(work / "build"))
     converted = convert_xva(str(xva), str(work / "images"))
@@ -285,7 +289,9 @@ def test_layout_migrates_and_boots(variant, layout_run):
     if variant == "ubuntu-like":
         assert run["cloud_init_disabled_file"]
         assert re.search(r"status: (disabled|not run)", run["cloud_init_status"]), run["cloud_init_status"]
-        assert run["ssh_host_keys_before"], "no SSH host keys in the image before the migration"
+        # a new instance would get a new instance directory and new SSH host keys
+        assert run["cloud_instances_before"], "the image has no cloud-init instance to keep"
+        assert run["cloud_instances"] == run["cloud_instances_before"]
         assert run["ssh_host_keys"] == run["ssh_host_keys_before"]
         assert re.search(r"^\d+: eth0\s+inet %s/24 " % re.escape(run["static_ip"]),
                          run["eth0_addresses"], re.M), run["eth0_addresses"]
