@@ -181,14 +181,14 @@ def migrate_and_prove(variant, base, conn):
             "spec": converted["spec"], "disks": converted["disks"], "name": name,
             "domain_type": "qemu", "default_network": "user", "state": "defined"})
         dom = conn.lookupByName(name)
+        booted = ansible_run.run_module("kvm_boot_check", {
+            "name": name, "timeout": BOOT_TIMEOUT, "wait_for": "login"})
+        # the running domain's XML: libvirt fills in the firmware's loader and NVRAM at start
         xml = ET.fromstring(dom.XMLDesc(0))
         out["domain_nvram"] = xml.findtext("os/nvram")
         out["domain_loader"] = xml.findtext("os/loader")
         out["has_agent_channel"] = any(t.get("name") == "org.qemu.guest_agent.0"
                                        for t in xml.iter("target"))
-
-        booted = ansible_run.run_module("kvm_boot_check", {
-            "name": name, "timeout": BOOT_TIMEOUT, "wait_for": "login"})
         out["login_seconds"] = booted["seconds"]
         out["banner"] = booted["banner"]
         out.update(_observe_running_guest(dom, variant))
