@@ -229,8 +229,6 @@ FAILING_WRITE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="HostTree.write_bytes leaves its hidden temp file behind when the write "
-                                       "fails (disk full): no cleanup of tmp on error")
 def test_failed_write_leaves_the_file_and_no_temp(tmp_path):
     root = make_guest(tmp_path, {"/etc/fstab": "old\n"})
     proc = subprocess.run([sys.executable, "-c", FAILING_WRITE, str(root), ":".join(sys.path)],
