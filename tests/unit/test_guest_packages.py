@@ -77,7 +77,10 @@ def test_packages_needed_before_any_change():
     facts = {"bootloader": {"grub2_installed": False}, "qemu_guest_agent": False}
     everything = {"bootloader", "guest_agent"}
     assert packages.packages_needed(facts, everything) == (["grub-pc"], ["qemu-guest-agent"])
-    assert packages.packages_needed(facts, everything, firmware="uefi") == ([], ["qemu-guest-agent"])
+    # a UEFI guest needs grub-efi-amd64 (the efi fixup installs it) unless it has it already
+    assert packages.packages_needed(facts, everything, firmware="uefi") == (["grub-efi-amd64"], ["qemu-guest-agent"])
+    efi_facts = {"bootloader": {"grub_packages": ["grub-efi-amd64", "grub-efi-amd64-bin"]}, "qemu_guest_agent": True}
+    assert packages.packages_needed(efi_facts, everything, firmware="uefi") == ([], [])
     assert packages.packages_needed({"bootloader": {"grub2_installed": True}, "qemu_guest_agent": True},
                                     everything) == ([], [])
     assert packages.packages_needed(facts, set()) == ([], [])

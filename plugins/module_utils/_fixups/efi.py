@@ -35,6 +35,7 @@ __metaclass__ = type
 import posixpath
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import bootloader
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.packages import packages_needed
 
 ESP_MOUNTPOINTS = ("/boot/efi", "/efi")
 BOOTLOADER_ID = "debian"
@@ -61,8 +62,8 @@ def esp_mountpoint(facts):
 
 def missing_packages(facts):
     """What to install: grub-efi-amd64 (which pulls in -bin) unless it is there."""
-    installed = set((facts.get("bootloader") or {}).get("grub_packages") or [])
-    return [] if "grub-efi-amd64" in installed else ["grub-efi-amd64"]
+    required = packages_needed(facts, ("bootloader",), firmware="uefi")[0]
+    return [name for name in required if name.startswith("grub-efi")]
 
 
 def loader_paths(esp):

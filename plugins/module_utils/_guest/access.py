@@ -19,6 +19,7 @@ __metaclass__ = type
 
 import fnmatch
 import os
+import posixpath
 import shutil
 import tempfile
 
@@ -133,14 +134,19 @@ class HostTree:
         host = self.host(path, follow_last=False)
         directory, name = os.path.split(host)
         tmp = os.path.join(directory, "." + name + ".xen2kvm-tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.rename(tmp, host)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            if mode is not None:
+                os.chmod(tmp, mode)
+            os.rename(tmp, host)
+        except BaseException:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            raise
 
     def append(self, path, data):
         with open(self.host(path), "ab") as handle:
@@ -173,7 +179,11 @@ class HostTree:
 
 
 class GuestfsTree:
-    """The guest's files, mounted inside a launched libguestfs handle."""
+    """The guest's files, mounted inside a launched libguestfs handle.
+
+    libguestfs follows a symlink in the middle of a path in the appliance's namespace for some
+    calls (``cp_a``, ``rm_rf``, ``find``), so every path's directory is first resolved inside the
+    guest (``realpath`` is chrooted); only the last component is left as it is."""
 
     def __init__(self, handle):
         self.g = handle
@@ -181,35 +191,54 @@ class GuestfsTree:
     def describe(self):
         return "the libguestfs appliance"
 
+    def _inside(self, path):
+        directory, name = posixpath.split(posixpath.normpath("/" + path))
+        if not name:
+            return "/"
+        try:
+            real = self.g.realpath(directory)
+        except RuntimeError:  # a missing directory has no link to follow
+            return posixpath.join(directory, name)
+        return posixpath.join(real, name)
+
     # -- reading
     def lexists(self, path):
-        return bool(self.g.exists(path) or self.g.is_symlink(path))
+        path = self._inside(path)
+        return bool(self.g.is_symlink(path) or self.g.exists(path))
 
     def exists(self, path):
-        return bool(self.g.exists(path))
+        try:
+            self.g.realpath(path)
+        except RuntimeError:  # a dangling link (/etc/mtab -> ../proc/self/mounts) leads nowhere
+            return False
+        return bool(self.g.exists(self._inside(path)))
 
     def is_file(self, path):
-        return bool(self.g.is_file(path, followsymlinks=True))
+        return bool(self.g.is_file(self._inside(path), followsymlinks=True))
 
     def is_dir(self, path):
-        return bool(self.g.is_dir(path, followsymlinks=True))
+        return bool(self.g.is_dir(self._inside(path), followsymlinks=True))
 
     def is_link(self, path):
-        return bool(self.g.is_symlink(path))
+        return bool(self.g.is_symlink(self._inside(path)))
 
     def readlink(self, path):
-        return self.g.readlink(path)
+        return self.g.readlink(self._inside(path))
 
     def realpath(self, path):
-        return self.g.realpath(path)
+        try:
+            return self.g.realpath(path)
+        except RuntimeError as exc:
+            raise GuestError("%s cannot be resolved in the guest: %s" % (path, exc))
 
     def size(self, path):
-        return self.g.filesize(path)
+        return self.g.filesize(self._inside(path))
 
     def mode(self, path):
-        return self.g.lstatns(path)["st_mode"]
+        return self.g.lstatns(self._inside(path))["st_mode"]
 
     def read_bytes(self, path, limit=None):
+        path = self._inside(path)
         size = self.g.filesize(path)
         if limit is not None and size > limit:
             return self.g.pread(path, limit, 0) if limit <= GUESTFS_READ_INLINE else self._download(path)[:limit]
@@ -223,52 +252,63 @@ class GuestfsTree:
             return handle.read()
 
     def listdir(self, path):
-        return sorted(self.g.ls(path)) if self.is_dir(path) else []
+        return sorted(self.g.ls(self.realpath(path))) if self.is_dir(path) else []
 
     def files_under(self, path):
         if not self.is_dir(path):
             return []
         # directories too: one call instead of a stat per entry (callers match file names)
-        return [os.path.basename(p) for p in self.g.find(path)]
+        return [posixpath.basename(p) for p in self.g.find(self.realpath(path))]
 
     # -- changing
     def makedirs(self, path, mode=0o755):
-        if not self.g.is_dir(path, followsymlinks=True):
-            self.g.mkdir_p(path)
-            self.g.chmod(mode, path)
+        current = "/"
+        for part in [p for p in path.split("/") if p]:
+            current = self._inside(posixpath.join(current, part))
+            if self.g.is_dir(current, followsymlinks=True):
+                current = self.g.realpath(current)
+                continue
+            self.g.mkdir(current)
+            self.g.chmod(mode, current)
 
     def write_bytes(self, path, data, mode=None, durable=False):
-        directory, name = os.path.split(path)
-        tmp = directory.rstrip("/") + "/." + name + ".xen2kvm-tmp"
-        self.g.write(tmp, data)
-        if mode is not None:
-            self.g.chmod(mode, tmp)
-        self.g.rename(tmp, path)
+        path = self._inside(path)
+        directory, name = posixpath.split(path)
+        tmp = posixpath.join(directory, "." + name + ".xen2kvm-tmp")
+        try:
+            self.g.write(tmp, data)
+            if mode is not None:
+                self.g.chmod(mode, tmp)
+            self.g.rename(tmp, path)
+        except BaseException:
+            self.g.rm_f(tmp)
+            raise
         if durable:
             self.g.sync()
 
     def append(self, path, data):
-        self.g.write_append(path, data)
+        self.g.write_append(self._inside(path), data)
 
     def chmod(self, path, mode):
-        self.g.chmod(mode, path)
+        self.g.chmod(mode, self._inside(path))
 
     def copy(self, source, target):
-        self.g.cp_a(source, target)
+        self.g.cp_a(self._inside(source), self._inside(target))
 
     def upload(self, host_file, path):
-        self.g.upload(host_file, path)
+        self.g.upload(host_file, self._inside(path))
 
     def rename(self, source, target):
-        self.g.rename(source, target)
+        self.g.rename(self._inside(source), self._inside(target))
 
     def symlink(self, target, path):
-        self.g.ln_s(target, path)
+        self.g.ln_s(target, self._inside(path))
 
     def remove(self, path):
+        path = self._inside(path)
         if self.g.is_dir(path, followsymlinks=False):
             self.g.rm_rf(path)
-        elif self.lexists(path):
+        elif self.g.is_symlink(path) or self.g.exists(path):
             self.g.rm_f(path)
 
 

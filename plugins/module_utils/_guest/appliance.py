@@ -198,6 +198,9 @@ class ApplianceSession:
 
     def _find_volumes(self):
         filesystems = self.g.list_filesystems()
+        # list_filesystems leaves out what it cannot mount, a LUKS container among them
+        self.encrypted = sorted(dev for dev in self.g.list_partitions() + self.g.list_devices()
+                                if self._vfs_type(dev) == "crypto_LUKS")
         for device in self.g.list_devices():
             index = self._disk_index(device)
             parts = [p for p in self.g.list_partitions() if self.g.part_to_dev(p) == device]
@@ -205,10 +208,6 @@ class ApplianceSession:
                 self.volumes.append(self._volume(index, None, device, filesystems))
             for part in parts:
                 self.volumes.append(self._volume(index, self.g.part_to_partnum(part), part, filesystems))
-        if any(kind == "crypto_LUKS" for kind in filesystems.values()):
-            self.encrypted = sorted(dev for dev, kind in filesystems.items() if kind == "crypto_LUKS")
-        else:
-            self.encrypted = []
 
     def _volume(self, index, number, device, filesystems):
         kind = filesystems.get(device)
@@ -327,6 +326,9 @@ class ApplianceSession:
             stdin = base + ".in"
         exports = "".join("export %s=%s; " % (key, shlex.quote(str(value))) for key, value in sorted((env or {}).items()))
         command = " ".join(shlex.quote(a) for a in argv)
+        if timeout:
+            # the guest's coreutils timeout: exit 124 when it had to stop the command
+            command = "timeout --kill-after=10 %d %s" % (int(timeout), command)
         script = ("cd / && export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 "
                   "DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true; %s(%s) <%s >%s.out 2>%s.err; "
                   "echo $? >%s.rc" % (exports, command, stdin, base, base, base))
@@ -342,6 +344,8 @@ class ApplianceSession:
             self.g.rm_f(base + ".out")
             self.g.rm_f(base + ".err")
             self.g.rm_f(base + ".rc")
+        if timeout and result.returncode in (124, 137):
+            raise GuestError("%s did not finish within %d s in the guest" % (argv[0], int(timeout)))
         if check and result.returncode != 0:
             raise GuestCommandFailed(argv, result)
         return result

@@ -93,7 +93,9 @@ class GuestEditor:
         if self.check_mode:
             return True
         # a link is followed, as writing through it in the guest would (a dangling one is replaced)
-        target = self.tree.realpath(path) if self.tree.is_link(path) and self.tree.exists(path) else path
+        target = path
+        if self.tree.is_link(path) and self.tree.exists(path):
+            target = self.tree.realpath(path)
         self.tree.makedirs(os.path.dirname(target) or "/")
         if old is not None:
             self._backup(target)

@@ -109,7 +109,10 @@ def on_archive_mirror(uris):
 def packages_needed(facts, enabled, firmware="bios"):
     """(required, optional) packages a fixup run installs: fetched before anything changes."""
     required, optional = [], []
-    if "bootloader" in enabled and firmware != "uefi" and not facts.get("bootloader", {}).get("grub2_installed"):
+    bootloader = facts.get("bootloader") or {}
+    if "bootloader" in enabled and firmware == "uefi" and "grub-efi-amd64" not in (bootloader.get("grub_packages") or []):
+        required.append("grub-efi-amd64")
+    elif "bootloader" in enabled and firmware != "uefi" and not bootloader.get("grub2_installed"):
         required.append("grub-pc")
     if "guest_agent" in enabled and not facts.get("qemu_guest_agent"):
         optional.append("qemu-guest-agent")
