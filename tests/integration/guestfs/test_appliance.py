@@ -74,7 +74,7 @@ PATHS = ("/etc/os-release", "/usr/lib/os-release", "/sbin/init", "/bin/sh", "/li
 LISTED = ("/", "/etc/apt", "/lib/modules", "/boot", "/var/run", "/etc/absent")
 GLOBS = ("/etc/*.conf", "/etc/.*", "/boot/vmlinuz-*", "/boot/*", "/lib/modules/*", "/var/run/*", "/*")
 UNDER = ("/lib/modules", "/etc/apt", "/var/run")
-# Known to differ (see the xfail tests): a link into /proc, files_under through a link.
+# A link into /proc: dangling on a tree that is not running.
 LINK_PATHS = ("/etc/mtab",)
 
 
@@ -283,16 +283,10 @@ def test_files_under_lists_what_the_host_walk_finds(session, host_view):
     assert any(name.startswith("virtio_blk.ko") for name in session.tree.files_under("/lib/modules"))
 
 
-@pytest.mark.xfail(strict=True, reason="GuestfsTree.exists('/etc/mtab') (-> ../proc/self/mounts) is True but "
-                                       "realpath raises 'No such file or directory'; HostTree: a dangling link")
 def test_a_link_into_proc_reads_as_on_the_host(session, host_view):
     assert answers(session.tree, LINK_PATHS, (), ()) == host_view["links"]
 
 
-@pytest.mark.xfail(strict=True, reason="GuestfsTree.files_under runs g.find on the path as given: find does not "
-                                       "descend a final link (/var/run -> /run gives []) and daemon/find.c resolves "
-                                       "the path outside the chroot (an absolute link lists the appliance's files); "
-                                       "fix: self.g.find(self.g.realpath(path))")
 def test_files_under_follows_links_as_the_guest_does(session, host_view):
     assert sorted(session.tree.files_under("/var/run")) == host_view["under"]["/var/run"]["entries"]
 
@@ -337,8 +331,6 @@ def test_run_check_raises_naming_the_command(session):
     assert missing.value.returncode == 127 and "x2k-no-such-command --flag" in str(missing.value)
 
 
-@pytest.mark.xfail(strict=True, reason="ApplianceSession.run accepts timeout= but ignores it (ChrootSession honours "
-                                       "it): a hanging command in the appliance is never stopped")
 def test_run_honours_its_timeout(session):
     started = time.monotonic()
     with pytest.raises(GuestError):
@@ -452,10 +444,6 @@ def test_absolute_links_resolve_inside_the_guest_for_reads_writes_and_renames(se
     tree.remove("/srv/x2k/renamed")
 
 
-@pytest.mark.xfail(strict=True, reason="GuestfsTree.copy (g.cp_a), .remove of a directory (g.rm_rf) and "
-                                       ".files_under (g.find) resolve the path outside the guest's chroot in the "
-                                       "appliance: through an absolute link they act on the appliance's files "
-                                       "(cp: cannot create symbolic link '/sysroot/srv/x2k/hostile/...')")
 def test_absolute_links_resolve_inside_the_guest_for_copy_remove_and_find(session):
     tree = session.tree
     make_links(tree)
@@ -568,11 +556,6 @@ def test_luks_encrypted_guest_is_refused_unchanged(tmp_path):
     assert sha256_of(image) == digest
     assert sorted(os.listdir(str(tmp_path))) == listing  # no marker, nothing beside the image
     assert processes_naming(image) == []
-    if "no operating system found" in result["msg"]:
-        # Not strict on purpose: the unchanged-image checks above must keep failing for real.
-        pytest.xfail("ApplianceSession refuses a LUKS root as 'no operating system found': g.list_filesystems() "
-                     "leaves the LUKS partition out ({}), so session.encrypted stays empty; g.vfs_type gives "
-                     "crypto_LUKS")
     assert "LUKS" in result["msg"] and "/dev/sda1" in result["msg"], result["msg"]
 
 
