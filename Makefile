@@ -34,11 +34,13 @@ define pytest_dir
 	exit $$rc
 endef
 
-.PHONY: help install test unit integration molecule sanity lint demo bench build changelog clean distclean collection-link
+.PHONY: help install test test-all unit integration molecule sanity lint demo bench build changelog clean distclean collection-link
 
 help:
 	@echo "make demo         build a sample Xen VM, migrate it into local libvirt, show it booting"
-	@echo "make test         install deps, then unit + integration + molecule + sanity + lint (stops at first failure)"
+	@echo "make test         install deps, then unit + integration + molecule + sanity + lint (stops at first failure);"
+	@echo "                  integration boots one test guest per code path"
+	@echo "make test-all     the same, booting every test guest variant"
 	@echo "make install      Debian packages + .venv (idempotent; scripts/install-deps.sh)"
 	@echo "make unit         pytest tests/unit            (PYTEST_ARGS=...)"
 	@echo "make integration  pytest tests/integration     (root; starts libvirtd itself)"
@@ -67,8 +69,14 @@ test: install
 unit: $(INSTALL)
 	$(call pytest_dir,tests/unit)
 
+# make test boots one guest per code path; make test-all (or ALL_VARIANTS=1) boots every variant.
+INTEGRATION_SELECT := $(if $(ALL_VARIANTS),,-m "not all_variants")
+
 integration: $(INSTALL)
-	$(call pytest_dir,tests/integration)
+	$(call pytest_dir,tests/integration $(INTEGRATION_SELECT))
+
+test-all:
+	@$(MAKE) --no-print-directory ALL_VARIANTS=1 test
 
 # The scenarios of extensions/molecule migrate NAUBackup-style exports into this machine's libvirt
 # (domain type qemu) with playbooks/migrate.yml; their create step builds the exports with

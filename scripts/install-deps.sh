@@ -16,6 +16,10 @@ DEB_PACKAGES=(
   python3-xxhash python3-zstandard python3-libvirt python3-venv
   xva-img debootstrap fdisk
   libvirt-daemon-system libvirt-clients ovmf
+  # guest_fixup's default engine: the guest opened in the libguestfs appliance; netplan edits need yaml
+  python3-guestfs libguestfs-tools python3-yaml
+  # the comparison in bench/fixup_compare.py
+  virt-v2v nbdkit
   e2fsprogs dosfstools libxml2-utils util-linux rsync openssh-client
   # used by the test suites (guest file systems, initramfs listing) and by make sanity
   xfsprogs btrfs-progs initramfs-tools-core busybox-static

@@ -128,9 +128,10 @@ options:
         (own mount/PID namespaces and C(/proc), read-only C(/sys), no host devices, escape capabilities
         dropped). Faster where KVM is missing, but the host kernel parses the guest's filesystems; it cannot
         open LVM, btrfs subvolumes or an EFI system partition on hosts without device-mapper or vfat.
+      - Without this option the environment variable E(XEN2KVM_FIXUP_ENGINE) of the host doing the work decides,
+        else C(guestfs).
     type: str
     choices: [guestfs, chroot]
-    default: guestfs
 attributes:
   check_mode:
     support: full
@@ -206,7 +207,7 @@ changes:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.appliance import GUESTFS_IMPORT_ERROR, HAS_GUESTFS
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import FIXUPS, FixupError, fix_guest
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import FIXUPS, FixupError, default_engine, fix_guest
 from ansible_collections.xen2kvm.migration.plugins.module_utils._module_result import exit_with_diff
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.packages import PackageError
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import GuestError
@@ -232,12 +233,12 @@ def main():
             apt_mirror=dict(type="str"),
             package_dir=dict(type="path"),
             resolv_conf=dict(type="str", default="host"),
-            engine=dict(type="str", choices=["guestfs", "chroot"], default="guestfs"),
+            engine=dict(type="str", choices=["guestfs", "chroot"]),
         ),
         supports_check_mode=True,
     )
     params = module.params
-    if params["engine"] == "guestfs" and not HAS_GUESTFS:
+    if (params["engine"] or default_engine()) == "guestfs" and not HAS_GUESTFS:
         module.fail_json(msg=missing_required_lib("python3-guestfs (Debian/Ubuntu package; libguestfs)"),
                          exception=str(GUESTFS_IMPORT_ERROR))
     try:

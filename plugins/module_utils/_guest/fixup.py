@@ -47,6 +47,12 @@ FIXUPS = ("bare_fs", "devices", "console", "initramfs", "bootloader", "network",
 SUPPORTED_FAMILIES = ("debian",)
 # guestfs: the libguestfs appliance (default); chroot: loop mounts on this host (opt-in, faster).
 ENGINES = ("guestfs", "chroot")
+ENGINE_VARIABLE = "XEN2KVM_FIXUP_ENGINE"
+
+
+def default_engine():
+    """guestfs, unless this host's XEN2KVM_FIXUP_ENGINE names another (a site-wide choice)."""
+    return os.environ.get(ENGINE_VARIABLE) or "guestfs"
 
 
 class FixupError(RuntimeError):
@@ -182,7 +188,7 @@ def volume_uuids(guest, names, repartitioned):
 
 class GuestFixup:
     def __init__(self, disks, spec=None, enabled=None, network="keep", apt_proxy=None, apt_mirror=None,
-                 resolv_conf="host", check_mode=False, root=None, package_dir=None, engine="guestfs"):
+                 resolv_conf="host", check_mode=False, root=None, package_dir=None, engine=None):
         self.disks = [os.path.abspath(d) for d in disks]
         self.spec = spec or {}
         self.enabled = set(FIXUPS if enabled is None else enabled)
@@ -192,6 +198,7 @@ class GuestFixup:
         self.check_mode = check_mode
         self.firmware = self.spec.get("firmware", "bios")
         self.root = root  # the guest's name for the device holding /, when several disks hold one
+        engine = engine or default_engine()
         if engine not in ENGINES:
             raise FixupError("engine must be one of %s, not %s" % (", ".join(ENGINES), engine))
         self.engine = engine

@@ -13,7 +13,8 @@ from role_run import run_role
 libvirt = pytest.importorskip("libvirt")
 
 PACKAGES = ["qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "python3-libvirt",
-            "zstd", "python3-xxhash", "python3-zstandard", "ovmf", "pigz"]
+            "zstd", "python3-xxhash", "python3-zstandard", "ovmf", "pigz", "python3-guestfs", "libguestfs-tools",
+            "python3-yaml"]
 REGISTERED = ["kvm_host_packages_result", "kvm_host_optional_available", "kvm_host_optional_result",
               "kvm_host_service_result", "kvm_host_images_dir_result", "kvm_host_pool_result"]
 
