@@ -169,14 +169,15 @@ def migrate_and_prove(variant, base, conn):
     disks = [d["path"] for d in converted["disks"]]
     fixup_args = {"disks": disks, "spec": converted["spec"]}
 
-    t0 = time.monotonic()
-    fixed = ansible_run.run_module("guest_fixup", fixup_args)
-    out["fixup_seconds"] = round(time.monotonic() - t0, 1)
-    out["fixup_changed"] = fixed["changed"]
-
     name = "x2k-layout-%s-%s" % (variant, uuid.uuid4().hex[:6])
     out["domain"] = name
+    t0 = time.monotonic()
     try:
+        try:
+            fixed = ansible_run.run_module("guest_fixup", fixup_args)
+        finally:                                  # a failed fixup's seconds are recorded too
+            out["fixup_seconds"] = round(time.monotonic() - t0, 1)
+        out["fixup_changed"] = fixed["changed"]
         ansible_run.run_module("kvm_domain", {
             "spec": converted["spec"], "disks": converted["disks"], "name": name,
             "domain_type": "qemu", "default_network": "user", "state": "defined"})
