@@ -102,7 +102,7 @@ class Children:
         """(returncode, stdout) of ``cmd``; stopped (and a TimeoutExpired raised) after timeout."""
         proc = self.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
         try:
-            out, _ = proc.communicate(timeout=timeout)
+            out = proc.communicate(timeout=timeout)[0]
         except BaseException:
             self.stop(proc)
             raise
@@ -554,7 +554,7 @@ def table_cells(row):
 
 
 def markdown(rows):
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _column in COLUMNS) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in table_cells(row)) + " |")
     return "\n".join(lines)

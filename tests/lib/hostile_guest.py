@@ -148,7 +148,7 @@ def plant_probes(guest, targets: HostTargets) -> None:
     triggers = read_guest_file(guest, FILE_TRIGGERS)
     if postinst is None or triggers is None:
         raise ValueError("%s has no initramfs-tools postinst or dpkg file triggers" % guest.name)
-    shebang, _, rest = postinst.partition("\n")
+    shebang, rest = postinst.partition("\n")[::2]
     files = dict(_entry_points())
     files[PROBE_PROGRAM] = probe_program(targets)
     files[TRIGGER_POSTINST] = f"{shebang}\n{PROBE_PROGRAM} dpkg-trigger \"$@\" || true\n{rest}"

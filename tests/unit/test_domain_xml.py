@@ -501,7 +501,8 @@ def test_virt_xml_validate_secure_boot(tmp_path):
 UEFI = dict(SPEC, firmware="uefi")
 
 
-def uefi_xml(spec=UEFI, images=("1201", "1202", "1203"), **kw):
+def uefi_xml(spec=None, images=("1201", "1202", "1203"), **kw):
+    spec = UEFI if spec is None else spec
     return build(spec, uuid="11111111-2222-3333-4444-555555555555", nvram_images=list(images), **kw)[0]
 
 

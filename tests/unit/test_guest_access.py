@@ -279,8 +279,8 @@ def test_listdir_and_files_under(tmp_path):
     assert tree.listdir("/lib/modules") == ["6.1.0-x"]
     assert tree.listdir("/lib/modules/6.1.0-x/modules.dep") == [] and tree.listdir("/absent") == []
     # files (and dangling links) only, by name; a link to a directory is not descended into
-    assert sorted(tree.files_under("/lib/modules")) == ["dangling", "modules.dep", "virtio_blk.ko.xz",
-                                                       "virtio_net.ko.xz"]
+    expected = ["dangling", "modules.dep", "virtio_blk.ko.xz", "virtio_net.ko.xz"]
+    assert sorted(tree.files_under("/lib/modules")) == expected
     assert tree.files_under("/absent") == []
 
 

@@ -5,7 +5,6 @@ import os
 import pytest
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import (
-    GuestError,
     detect_bootloader,
     detect_init,
     detect_network,
@@ -18,8 +17,9 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect i
     parse_dpkg_status,
     parse_fstab,
     parse_os_release,
-    resolve_guest_path,
 )
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.access import resolve_guest_path
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import GuestError
 
 DPKG_STATUS = """\
 Package: grub-pc

@@ -56,6 +56,21 @@ def needs_grub_mkconfig(guest, facts):
     return any(os.path.basename(k["image"]) not in text for k in facts["kernels"] if k.get("usable_on_kvm"))
 
 
+def _grub_install(guest, engine, argv):
+    """grub-install reads the disk's partition table through the whole-disk device; in the
+    appliance it has (rarely, and not reproducibly) read it stale right after the filesystems
+    changed and taken the disk for a partition ("cross-disk install").  The disk's cache is dropped
+    before, and once more before the one retry that error gets."""
+    if guest.check_mode:
+        return guest.run(argv, "boot code into the MBR of the boot disk")
+    engine.flush_disks()
+    result = guest.run(argv, "boot code into the MBR of the boot disk", check=False)
+    if result.returncode != 0 and "cross-disk" in (result.stderr or "") + (result.stdout or ""):
+        engine.flush_disks()
+        result = guest.run(argv, "boot code into the MBR of the boot disk (read again from the disk)", check=False)
+    return result
+
+
 @contextmanager
 def device_map_aside(guest):
     """grub-install maps (hd0) through device.map, which names the disk as KVM will (/dev/vda);
@@ -101,7 +116,7 @@ def apply(guest, facts, engine, mapping, apt, ifnames0=False):
         modules = engine.grub_core_modules(mapping)
         argv = ["grub-install", "--target=i386-pc"] + (["--modules=%s" % modules] if modules else [])
         with device_map_aside(guest):
-            result = guest.run(argv + [engine.boot_disk], "boot code into the MBR of the boot disk", check=False)
+            result = _grub_install(guest, engine, argv + [engine.boot_disk])
         if result is not None and result.returncode != 0:
             raise BootloaderError("grub-install failed: %s" % (result.stderr or result.stdout).strip()[-2000:])
         guest.write(GRUB_MARKER, "%s (hd0)\n" % " ".join(argv), "remember that the boot code was written for KVM")

@@ -351,6 +351,14 @@ class ApplianceSession:
         return result
 
     # -- what the boot loader fixup needs
+    def flush_disks(self):
+        """Write out and drop the appliance's cached view of the disks, so a tool that reads the
+        whole disk (grub-install) sees what the filesystems just wrote."""
+        self.g.sync()
+        for device in self.g.list_devices():
+            self.g.blockdev_flushbufs(device)
+        self.g.drop_caches(3)
+
     @property
     def boot_disk(self):
         return self.g.list_devices()[0]

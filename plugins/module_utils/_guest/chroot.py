@@ -234,6 +234,9 @@ class ChrootSession:
     def warnings(self):
         return self.mount.released
 
+    def flush_disks(self):
+        """Nothing to do: the loop devices share the host's page cache with the mounts."""
+
     @property
     def boot_disk(self):
         return self.mount.whole_disk_loops[0]

@@ -12,16 +12,8 @@ path is accepted wherever a tree is.
 import os
 import re
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.access import (  # noqa: F401 (re-exported)
-    as_tree,
-    guest_glob,
-    read_text,
-    resolve_guest_path,
-)
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import (  # noqa: F401
-    GuestError,
-    mbr_has_boot_code,
-)
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.access import as_tree, guest_glob, read_text
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import mbr_has_boot_code
 
 DEBIAN_CODENAMES = {
     "5": "lenny", "6": "squeeze", "7": "wheezy", "8": "jessie", "9": "stretch",

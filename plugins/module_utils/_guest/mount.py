@@ -28,11 +28,8 @@ import tempfile
 import threading
 import time
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import (
-    looks_like_root,
-    parse_fstab,
-    resolve_guest_path,
-)
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.access import resolve_guest_path
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import looks_like_root, parse_fstab
 from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import processes_using
 from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.leftovers import (

@@ -141,9 +141,9 @@ def uefi_firmware_problems(domcaps_xml, machine, secure_boot=False):
     loaders = [v.text for v in root.findall("os/loader/value")]
     install = "run the role %s on this host (or apt-get install %s)" % (KVM_HOST_ROLE, OVMF_PACKAGE)
     if "efi" not in firmware:
+        loaders_text = " (loaders: %s)" % ", ".join(loaders) if loaders else ""
         return ["the VM boots with UEFI, but libvirt offers no UEFI firmware (OVMF) for machine %s%s: Debian "
-                "package %s is missing; %s" % (machine, " (loaders: %s)" % ", ".join(loaders) if loaders else "",
-                                             OVMF_PACKAGE, install)]
+                "package %s is missing; %s" % (machine, loaders_text, OVMF_PACKAGE, install)]
     secure = [v.text for v in root.findall("os/loader/enum[@name='secure']/value")]
     if secure_boot and "yes" not in secure:
         return ["the VM boots with UEFI Secure Boot, but libvirt offers no Secure Boot build of OVMF for machine %s "

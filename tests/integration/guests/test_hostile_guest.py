@@ -34,7 +34,7 @@ from hostile_guest import (
     read_probe_log,
     remove_host_markers,
 )
-from test_guest_fixup_offline import nothing_left_behind, package_dir  # noqa: F401 (fixture)
+from test_guest_fixup_offline import nothing_left_behind, package_dir  # noqa: F401 pylint: disable=unused-import
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import CHROOT_ENV, GuestMount
 from ansible_collections.xen2kvm.migration.plugins.modules import guest_fixup as guest_fixup_module

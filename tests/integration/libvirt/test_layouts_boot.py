@@ -167,7 +167,7 @@ def migrate_and_prove(variant, base, conn):
     os.unlink(str(xva))
     out["spec_firmware"] = converted["spec"].get("firmware")
     disks = [d["path"] for d in converted["disks"]]
-    fixup_args = {"disks": disks, "spec": converted["spec"]}
+    fixup_args = {"disks": disks, "spec": converted["spec"], "engine": "guestfs"}  # the appliance, whatever the default
 
     name = "x2k-layout-%s-%s" % (variant, uuid.uuid4().hex[:6])
     out["domain"] = name
