@@ -120,7 +120,12 @@ def _read_guest(g, img, workdir: Path) -> dict:
     return seen
 
 
-@pytest.fixture(scope="module", params=LAYOUT_VARIANTS)
+# make test builds the layouts its boot test uses; make test-all all of them
+IN_MAKE_TEST = ("deb12-lvm", "deb12-uefi")
+
+
+@pytest.fixture(scope="module", params=[v if v in IN_MAKE_TEST else pytest.param(v, marks=pytest.mark.all_variants)
+                                        for v in LAYOUT_VARIANTS])
 def guest(request, tmp_path_factory):
     """The variant (built or from the cache; its disks are the cached images, read-only) and
     what one read-only appliance saw in it."""
