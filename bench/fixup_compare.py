@@ -55,6 +55,7 @@ sys.path.insert(0, str(REPO / "tests" / "lib"))
 sys.path.insert(0, str(COLLECTIONS))
 
 import guest_factory  # noqa: E402
+from processes import alive  # noqa: E402
 from qemu_boot import BootFailed, QemuGuest  # noqa: E402
 from xva_writer import write_xva  # noqa: E402
 
@@ -161,14 +162,6 @@ def ancestors(pid):
         pid = parents[pid]
         found.append(pid)
     return found
-
-
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def signal_pids(pids, signum):

@@ -36,6 +36,7 @@ import pytest
 
 import ansible_run
 import guest_factory
+from processes import alive
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.access import (
     HostTree,
@@ -594,14 +595,6 @@ def descendants(pid):
             found.append(child)
             pending.append(child)
     return found
-
-
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_until(predicate, seconds):

@@ -49,9 +49,11 @@ def rooted_in(root):
     return pids
 
 
-def test_next_mount_releases_what_a_killed_run_left(mbr_image):
-    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, COLLECTIONS, mbr_image, BUSYBOX or ""],
-                             stdout=subprocess.PIPE, universal_newlines=True)
+def killed_after_report(script, *args):
+    """Run ``script`` in a child python, read the JSON line it reports, then SIGKILL it: what a
+    killed run leaves behind is then there to be found.  Returns the report and the child's pid."""
+    child = subprocess.Popen([sys.executable, "-c", script] + list(args), stdout=subprocess.PIPE,
+                             universal_newlines=True)
     try:
         info = json.loads(child.stdout.readline())
         child.send_signal(signal.SIGKILL)
@@ -59,13 +61,18 @@ def test_next_mount_releases_what_a_killed_run_left(mbr_image):
     finally:
         if child.poll() is None:
             child.kill()
+    return info, child.pid
+
+
+def test_next_mount_releases_what_a_killed_run_left(mbr_image):
+    info, child_pid = killed_after_report(KILLED_CHILD, COLLECTIONS, mbr_image, BUSYBOX or "")
     # What SIGKILL leaves: the guest mounted, its loop devices, a process in the chroot.
     assert os.path.ismount(info["root"]) and loops_for_file(mbr_image)
     if info["sleeper"]:
         assert rooted_in(info["root"]) == [info["sleeper"]]
 
     with GuestMount([mbr_image]) as guest:
-        assert guest.released and "pid %d" % child.pid in guest.released[0]
+        assert guest.released and "pid %d" % child_pid in guest.released[0]
         assert guest.mounts  # the image could be mounted again
         new_root = guest.root
     assert_clean(mbr_image, info["root"])
@@ -105,18 +112,10 @@ def _cmdline(pid):
 def test_next_mount_releases_confined_processes_a_killed_run_left(mbr_image):
     """Pivoted into the guest, their root reads as "/": they are found by the guest's
     filesystem under their root and by their PID namespace."""
-    child = subprocess.Popen([sys.executable, "-c", KILLED_WHILE_CONFINED, COLLECTIONS, mbr_image],
-                             stdout=subprocess.PIPE, universal_newlines=True)
-    try:
-        info = json.loads(child.stdout.readline())
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
+    info, child_pid = killed_after_report(KILLED_WHILE_CONFINED, COLLECTIONS, mbr_image)
     assert len(guest_sleepers()) == 2 and rooted_in(info["root"]) == []
     with GuestMount([mbr_image]) as guest:
-        assert guest.released and "pid %d" % child.pid in guest.released[0]
+        assert guest.released and "pid %d" % child_pid in guest.released[0]
         new_root = guest.root
     assert guest_sleepers() == []
     assert_clean(mbr_image, info["root"])
