@@ -19,6 +19,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import re
 from contextlib import contextmanager
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import console
@@ -34,14 +35,28 @@ class BootloaderError(RuntimeError):
     pass
 
 
+# How a kernel command line may name its root on KVM: by filesystem or partition id, a virtio
+# disk, or a device-mapper name (an LV: /dev/mapper/vg-lv or /dev/vg/lv).
+KVM_ROOT = re.compile(r"^(UUID=|PARTUUID=|LABEL=|PARTLABEL=|/dev/vd[a-z]|/dev/mapper/|/dev/disk/by-(uuid|partuuid|label|id/dm-)"
+                      r"|/dev/(?!(xvd|sd|hd|vd|loop|nvme|md|dm-))[^/\s]+/[^/\s]+$)")
+
+
+def kernel_roots(text):
+    """The root= values of the kernel command lines (``linux`` lines) in a grub.cfg."""
+    return re.findall(r"(?m)^\s*linux(?:efi|16)?\s.*?\sroot=(\S+)", text)
+
+
 def grub_cfg_problems(text):
     """What would keep this grub.cfg from booting on KVM."""
     problems = []
     for bad in ("/dev/loop", "hostdisk/", "console=hvc", "console=xvc", "/dev/xvd"):
         if bad in text:
             problems.append("mentions %s" % bad)
-    if "root=UUID=" not in text and "root=/dev/vd" not in text and "root=PARTUUID=" not in text:
+    roots = kernel_roots(text)
+    if not roots:
         problems.append("has no root= for a KVM disk")
+    for root in sorted(set(r for r in roots if not KVM_ROOT.match(r))):
+        problems.append("names the root %s, not a KVM disk" % root)
     if "### BEGIN /etc/grub.d/" not in text:
         problems.append("was not made by grub-mkconfig (a pygrub menu)")
     return problems
