@@ -11,6 +11,8 @@ import subprocess
 
 import pytest
 
+from fake_tree import fake_guest_root
+
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import efi
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.edit import GuestEditor
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import inspect_guest
@@ -39,13 +41,7 @@ def guest_tree(tmp_path, esp="/boot/efi", packages=("grub-efi-amd64-bin",), esp_
              "/boot/grub/grub.cfg": grub_cfg.encode()}
     for name, data in (esp_files or {"EFI/debian/grubx64.efi": XEN_ERA_GRUB}).items():
         files["%s/%s" % (esp, name)] = data
-    for path, data in files.items():
-        host = tmp_path / path.lstrip("/")
-        host.parent.mkdir(parents=True, exist_ok=True)
-        host.write_bytes(data)
-    for directory in ("var/log", "usr/sbin", "var/cache/debconf"):
-        (tmp_path / directory).mkdir(parents=True, exist_ok=True)
-    return str(tmp_path)
+    return fake_guest_root(tmp_path, files, ("var/log", "usr/sbin", "var/cache/debconf"))
 
 
 class Chroot:

@@ -9,6 +9,8 @@ import subprocess
 
 import pytest
 
+from fake_tree import fake_guest_root
+
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest import journal as journal_mod
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest import packages
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.edit import GuestEditor
@@ -21,13 +23,7 @@ GUEST_SOURCES = "deb http://192.0.2.80/debian jessie main\n"
 
 
 def guest_root(tmp_path, files):
-    for path, text in files.items():
-        host = tmp_path / path.lstrip("/")
-        host.parent.mkdir(parents=True, exist_ok=True)
-        host.write_text(text)
-    for directory in ("var/lib/dpkg", "usr/sbin", "var/log"):
-        (tmp_path / directory).mkdir(parents=True, exist_ok=True)
-    return str(tmp_path)
+    return fake_guest_root(tmp_path, files, ("var/lib/dpkg", "usr/sbin", "var/log"))
 
 
 def snapshot(root):
