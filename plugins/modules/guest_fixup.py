@@ -202,6 +202,16 @@ changes:
     why:
       description: Why the change is needed.
       type: str
+seconds:
+  description:
+    - Where the time of the run went, in seconds. C(launch) opens the guest (the libguestfs
+      appliance's start, or the loop mounts), C(inspect) reads it, C(fetch_packages) downloads
+      what the fixups install, each fixup that ran has its own entry (package installs and the
+      initramfs rebuild happen inside C(bootloader), C(initramfs) and C(guest_agent)), and
+      C(total) is the whole run.
+  returned: when the guest was opened
+  type: dict
+  sample: {launch: 31.2, inspect: 4.0, fetch_packages: 48.5, initramfs: 118.3, bootloader: 96.1, total: 402.7}
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib

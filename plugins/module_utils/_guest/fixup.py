@@ -12,10 +12,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import time
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import bare_fs
 from ansible_collections.xen2kvm.migration.plugins.module_utils._fixups import bootloader
@@ -57,6 +59,26 @@ def default_engine():
 
 class FixupError(RuntimeError):
     """A fixup failed; the message names the step."""
+
+
+class PhaseClock:
+    """Seconds per phase of a run (appliance launch, inspection, package downloads, each fixup),
+    returned as ``seconds`` so a slow migration shows at once where its time went."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.seconds = {}
+
+    @contextlib.contextmanager
+    def phase(self, name):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - start, 1)
+
+    def summary(self):
+        return dict(self.seconds, total=round(time.monotonic() - self.started, 1))
 
 
 def _check_disks(disks):
@@ -202,6 +224,7 @@ class GuestFixup:
         if engine not in ENGINES:
             raise FixupError("engine must be one of %s, not %s" % (", ".join(ENGINES), engine))
         self.engine = engine
+        self.clock = PhaseClock()
 
     # -- "already done?": a marker beside the boot disk, so a rerun after the VM was started
     # reports the guest as fixed instead of refusing to mount a disk in use.
@@ -242,16 +265,21 @@ class GuestFixup:
         if self.engine == "guestfs":
             _refuse_busy(self.disks)  # GuestMount does its own checks
         result = self._run()
+        result["seconds"] = self.clock.summary()
         if not self.check_mode:
             write_json_atomically(self._marker_path(), {"fingerprint": self._fingerprint(),
                                                         "changes": len(result["changes"])})
         return result
 
+    @contextlib.contextmanager
     def _open(self, names, network=False):
         """The guest, read-only until make_writable(), in the engine asked for."""
         session = ChrootSession if self.engine == "chroot" else ApplianceSession
-        return session(self.disks, readonly=self.check_mode, devices=names, root=self.root,
-                       network=network and not self.check_mode)
+        with contextlib.ExitStack() as stack:
+            with self.clock.phase("launch"):
+                guest = stack.enter_context(session(self.disks, readonly=self.check_mode, devices=names,
+                                                    root=self.root, network=network and not self.check_mode))
+            yield guest
 
     def _run(self):
         names = xen_disk_names(self.spec, len(self.disks))
@@ -271,7 +299,8 @@ class GuestFixup:
             return self._fix(guest, names, repartitioned, changes, warnings)
 
     def _inspect(self, guest):
-        facts = inspect_guest(guest.tree, disk=self.disks[0])
+        with self.clock.phase("inspect"):
+            facts = inspect_guest(guest.tree, disk=self.disks[0])
         facts["root_partition"] = guest.root_partition
         facts["engine"] = guest.engine
         return facts
@@ -284,7 +313,8 @@ class GuestFixup:
         editor = GuestEditor(guest.tree, self.check_mode, run=guest.run)
         editor.changes.extend(changes)
         with GuestApt(editor, guest.run, **self._apt_options_for(guest)) as apt:
-            apt.fetch_first(*packages_needed(facts, self.enabled, self.firmware))  # before any change
+            with self.clock.phase("fetch_packages"):
+                apt.fetch_first(*packages_needed(facts, self.enabled, self.firmware))  # before any change
             editor.fixup = "devices"
             editor.write(DISK_RECORD, json.dumps({"xen_names": names, "repartitioned": sorted(repartitioned)}) + "\n",
                          "what the disks were called under Xen, for later runs")
@@ -322,13 +352,15 @@ class GuestFixup:
         guest.make_writable()
         editor = GuestEditor(guest.tree, False, run=guest.run)
         with GuestApt(editor, guest.run, **self._apt_options_for(guest)) as apt:
-            apt.fetch_first(*packages_needed(facts, self.enabled, self.firmware))
+            with self.clock.phase("fetch_packages"):
+                apt.fetch_first(*packages_needed(facts, self.enabled, self.firmware))
 
     def _bare_fs(self, changes):
         if "bare_fs" not in self.enabled:
             return set()
         try:
-            plan = bare_fs.repartition(self.disks[0], check_mode=self.check_mode)
+            with self.clock.phase("bare_fs"):
+                plan = bare_fs.repartition(self.disks[0], check_mode=self.check_mode)
         except Exception as exc:
             raise FixupError("fixup bare_fs failed: %s" % exc)
         if plan is None:
@@ -343,7 +375,8 @@ class GuestFixup:
             return
         editor.fixup = name
         try:
-            func(*args)
+            with self.clock.phase(name):
+                func(*args)
         except (GuestError, OSError, RuntimeError, ValueError) as exc:
             raise FixupError("fixup %s failed: %s" % (name, exc))
 

@@ -181,6 +181,7 @@ def migrate_and_prove(variant, base, conn):
         finally:                                  # a failed fixup's seconds are recorded too
             out["fixup_seconds"] = round(time.monotonic() - t0, 1)
         out["fixup_changed"] = fixed["changed"]
+        out["fixup_phases"] = fixed.get("seconds")
         ansible_run.run_module("kvm_domain", {
             "spec": converted["spec"], "disks": converted["disks"], "name": name,
             "domain_type": "qemu", "default_network": "user", "state": "defined"})
@@ -208,7 +209,7 @@ def migrate_and_prove(variant, base, conn):
     finally:
         _remove_domain(conn, name)
         shutil.rmtree(str(work), ignore_errors=True)
-        row = {k: out.get(k) for k in ("variant", "fixup_seconds", "rerun_seconds", "login_seconds")}
+        row = {k: out.get(k) for k in ("variant", "fixup_seconds", "rerun_seconds", "login_seconds", "fixup_phases")}
         row["completed"] = "rerun_seconds" in out
         row["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         print("\nlayout %(variant)s: fixup %(fixup_seconds)s s, login after %(login_seconds)s s, "
@@ -282,6 +283,9 @@ IN_MAKE_TEST = ("deb12-lvm", "deb12-uefi")
 def test_layout_migrates_and_boots(variant, layout_run):
     run = layout_run
     assert run["fixup_changed"] is True
+    phases = run["fixup_phases"]  # where guest_fixup's time went, as the module reports it
+    assert {"launch", "inspect", "fetch_packages", "initramfs", "bootloader", "total"} <= set(phases), phases
+    assert phases["launch"] > 0 and phases["total"] <= run["fixup_seconds"]
     assert run["has_agent_channel"]
     assert "%s login:" % run["hostname"] in run["banner"]
     assert run["login_seconds"] > 0
