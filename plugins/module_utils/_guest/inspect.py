@@ -13,7 +13,7 @@ import os
 import re
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.access import as_tree, guest_glob, read_text
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import mbr_has_boot_code
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import mbr_boot_loader, mbr_has_boot_code
 
 DEBIAN_CODENAMES = {
     "5": "lenny", "6": "squeeze", "7": "wheezy", "8": "jessie", "9": "stretch",
@@ -374,6 +374,10 @@ def detect_bootloader(root, packages=None, disk=None):
         "grub_legacy_installed": grub_legacy_pkg,
         "grub_efi_installed": any(n.startswith("grub-efi") for n in installed),
         "mbr_boot_code": mbr_code,
+        "mbr_boot_loader": mbr_boot_loader(disk) if disk and mbr_code else None,
+        # grub-install leaves its core image here; with GRUB's boot.img in the MBR this is the
+        # guest's own BIOS boot loader, as its installer wrote it.
+        "grub_pc_core": _exists(root, "/boot/grub/i386-pc/core.img"),
         # PV guests are booted by pygrub from dom0 and never got boot code in the MBR.
         "boot_style": None if mbr_code is None else ("mbr" if mbr_code else "pv-no-mbr-code"),
         "efi_fallback": _exists(root, "/boot/efi/EFI/BOOT/BOOTX64.EFI"),

@@ -540,6 +540,17 @@ def mbr_has_boot_code(path):
     return any(code)
 
 
+def mbr_boot_loader(path):
+    """``grub`` when the MBR boot code is GRUB's boot.img, ``other`` for other boot code,
+    ``None`` for none (a PV guest's empty MBR)."""
+    with _open_disk(path) as fobj:
+        code = _read_at(fobj, 0, 440)
+    if not any(code):
+        return None
+    # GRUB 2 boot.img's messages are its only stable mark (GRUB legacy's stage1 has no "Hard Disk")
+    return "grub" if b"GRUB \0Geom\0Hard Disk\0Read" in code else "other"
+
+
 def is_block_device(path):
     try:
         return stat.S_ISBLK(os.stat(path).st_mode)

@@ -18,6 +18,7 @@ from qemu_boot import QemuGuest
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import FixupError, fix_guest
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import loops_for_file
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import mbr_boot_loader
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -40,6 +41,11 @@ def converted_disks(guest, workdir):
     result = convert_xva(str(xva), str(workdir / "images"))
     os.unlink(xva)
     return result
+
+
+def _boot_code(image):
+    with open(image, "rb") as handle:
+        return handle.read(440)
 
 
 def nothing_left_behind(images):
@@ -72,6 +78,7 @@ def test_variant_boots_on_kvm_after_fixup(variant, tmp_path):
     converted = converted_disks(guest, tmp_path)
     images = [disk["path"] for disk in converted["disks"]]
     args = {"disks": images, "spec": converted["spec"]}
+    boot_code_before = _boot_code(images[0])
 
     planned = ansible_run.run_module("guest_fixup", args, check=True)
     assert planned["changed"] is True and planned["facts"]["os"]["family"] == "debian"
@@ -80,6 +87,9 @@ def test_variant_boots_on_kvm_after_fixup(variant, tmp_path):
     done = {(c["fixup"], c["action"]) for c in fixed["changes"]}
     assert ("initramfs", "run") in done
     assert ("console", "edit") in done or ("console", "remove") in done
+    if mbr_boot_loader(images[0]) == "grub" and any(boot_code_before):
+        # an HVM guest's own GRUB, as grub-install wrote it in the guest: kept, and it boots below
+        assert _boot_code(images[0]) == boot_code_before, "the guest's own boot code was rewritten"
     nothing_left_behind(images)
 
     with QemuGuest(images, memory_mib=converted["spec"]["memory_mib"]) as vm:
