@@ -15,7 +15,7 @@ not know, e.g. a variant another branch is still adding, gets a row saying so):
             (``-i libvirtxml`` when the VM has more than one disk: ``-i disk`` takes one); its
             seconds and outcome (the error when it stops), and its output booted the same way.
 
-The fixup's phases are shown when guest_fixup returns them (``timings``); otherwise the launch of
+The fixup's phases are shown as guest_fixup returns them (``seconds``); otherwise the launch of
 a bare libguestfs appliance is timed once on its own, the fixed cost of the guestfs engine. KVM or
 TCG comes from kvm_preflight's check (``kvm_usable``): without KVM, libguestfs and virt-v2v run
 with ``LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg``.
@@ -320,11 +320,10 @@ def last_lines(text, count=3):
 
 def fixup_phases(result):
     """The phases guest_fixup reports, {name: seconds}, or {} when it reports none."""
-    for key in ("timings", "phases"):
-        value = result.get(key)
-        if isinstance(value, dict):
-            return {name: seconds for name, seconds in value.items() if isinstance(seconds, (int, float))}
-    return {}
+    value = result.get("seconds")
+    if not isinstance(value, dict):
+        return {}
+    return {name: seconds for name, seconds in value.items() if isinstance(seconds, (int, float))}
 
 
 def ours(children, guest, spec, work, engine, env):
