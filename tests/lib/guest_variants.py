@@ -121,8 +121,10 @@ _SPECS = [
                 hostname="ubuntu-like", mac="aa:00:00:22:00:01", static_ip="192.0.2.41",
                 # python3-cffi-backend: python3-cryptography depends on a virtual package it
                 # provides, which debootstrap does not resolve
+                # openssh-server: its host keys are what a cloud-init that took the VM for a new
+                # instance would regenerate
                 extra_packages=("grub-pc", "lvm2", "linux-image-cloud-amd64", "netplan.io",
-                                "cloud-init", "python3-cffi-backend"),
+                                "cloud-init", "python3-cffi-backend", "openssh-server"),
                 omit_packages=("linux-image-amd64", "ifupdown"), network="netplan",
                 vg_name="ubuntu-vg", boot_mib=512, boot_code="guestfs"),
     VariantSpec(name="deb12-btrfs", suite="bookworm", domain_type="hvm", layout="btrfs",

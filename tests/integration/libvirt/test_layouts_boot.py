@@ -307,6 +307,7 @@ def test_layout_migrates_and_boots(variant, layout_run):
         # a new instance would get a new instance directory and new SSH host keys
         assert run["cloud_instances_before"], "the image has no cloud-init instance to keep"
         assert run["cloud_instances"] == run["cloud_instances_before"]
+        assert run["ssh_host_keys_before"], "the image has no SSH host keys to keep"
         assert run["ssh_host_keys"] == run["ssh_host_keys_before"]
         assert re.search(r"^\d+: eth0\s+inet %s/24 " % re.escape(run["static_ip"]),
                          run["eth0_addresses"], re.M), run["eth0_addresses"]
