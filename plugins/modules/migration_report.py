@@ -13,7 +13,8 @@ version_added: "0.1.0"
 description:
   - Writes C(migration-report.json) and C(migration-report.md) in O(dir), one entry per VM
     (source, KVM host, disks and their sizes, seconds per stage, conversion speed, fixups applied,
-    seconds to login, status, failed stage and error).
+    seconds to login, status, failed stage and error; for a VM exported live from a pool also the
+    pool, the export mode, the export speed and the rollback's outcome).
   - A rerun merges by VM name; VMs not in O(records) keep their entry from the earlier report.
   - Each file is written to a temporary file beside it and renamed over it, so a reader sees the
     old report or the new one, never half of one.
@@ -42,6 +43,11 @@ options:
         name to seconds), C(disks) (as M(xen2kvm.migration.xva_convert) returns them),
         C(converted) (whether this run converted), C(fixups) (names), C(login_seconds),
         C(boot_method), C(failed_stage) and C(error).
+      - For a live source also C(source_pool) (the pool's host in the inventory group
+        C(xen_hosts)), C(export_mode) (C(snapshot), C(shutdown) or C(halted)) and C(rollback)
+        (what was done for a source that C(shutdown) mode stopped when its migration failed). The
+        entry's C(export_mb_per_s) is the disks' MiB over the seconds of the stage C(convert)
+        (the export and the conversion are one stream), when this run converted.
     type: list
     elements: dict
     required: true

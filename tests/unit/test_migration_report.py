@@ -130,3 +130,45 @@ def test_module_in_check_mode_writes_nothing(tmp_path):
     result = run_module("migration_report", {"dir": str(tmp_path / "r"), "records": [migrated()]}, check=True)
     assert result["records"][0]["vm"] == "web01"
     assert not (tmp_path / "r").exists()
+
+
+def live(vm="web02", **extra):
+    """A VM exported live from a pool (shutdown mode) whose conversion took 8 s for 3 GiB."""
+    stage_seconds = dict(migrated()["stage_seconds"], export=12.0, convert=8.0)
+    return migrated(vm, source="https://pool1.example/export?uuid=5d1c&use_compression=zstd",
+                    source_pool="pool1", export_mode="shutdown", stage_seconds=stage_seconds, **extra)
+
+
+def test_a_live_export_records_its_pool_mode_and_export_speed():
+    entry = normalize_record(live(), "now")
+    assert entry["source_pool"] == "pool1" and entry["export_mode"] == "shutdown"
+    assert entry["export_mb_per_s"] == 384.0  # 3072 MiB over the 8 s of the export->convert stream
+    assert entry["stage_seconds"]["export"] == 12.0 and entry["rollback"] is None
+    row = next(line for line in render_markdown([entry], "now").splitlines() if line.startswith("| web02 |"))
+    assert "| pool1 | shutdown |" in row and "| 384.0 |" in row
+    assert "xen_source 0.5 transfer 0.1 kvm_preflight 0.4 export 12.0 convert 8.0" in row
+
+
+def test_an_xva_source_has_no_pool_fields_and_a_rerun_no_export_speed():
+    entry = normalize_record(migrated(), "now")
+    assert (entry["source_pool"], entry["export_mode"], entry["export_mb_per_s"], entry["rollback"]) == (
+        None, None, None, None)
+    unchanged = normalize_record(live(status="unchanged", converted=False), "now")
+    assert unchanged["export_mb_per_s"] is None and unchanged["export_mode"] == "shutdown"
+
+
+def test_a_rollback_is_reported_with_the_failure():
+    record = live(status="failed", failed_stage="kvm_import", error="no login: prompt within 600 s",
+                  rollback="source started again and unmarked")
+    entry = normalize_record(record, "now")
+    assert entry["rollback"] == "source started again and unmarked"
+    row = next(line for line in render_markdown([entry], "now").splitlines() if line.startswith("| web02 |"))
+    assert row.endswith("| kvm_import: no login: prompt within 600 s | source started again and unmarked |"), row
+
+
+def test_module_keeps_the_live_fields_through_ansible(tmp_path):
+    result = run_module("migration_report", {"dir": str(tmp_path), "records": [live()]})
+    entry = result["records"][0]
+    assert (entry["source_pool"], entry["export_mode"], entry["export_mb_per_s"]) == ("pool1", "shutdown", 384.0)
+    saved = json.loads((tmp_path / "migration-report.json").read_text())["vms"][0]
+    assert saved["export_mb_per_s"] == 384.0 and saved["source"].startswith("https://pool1.example/export?")

@@ -17,7 +17,7 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.stream impo
 
 JSON_NAME = "migration-report.json"
 MARKDOWN_NAME = "migration-report.md"
-STAGES = ("xen_source", "transfer", "kvm_preflight", "convert", "fixup", "kvm_import")
+STAGES = ("xen_source", "transfer", "kvm_preflight", "export", "convert", "fixup", "kvm_import")
 STATUSES = ("migrated", "unchanged", "failed")
 MIB = 1024 * 1024
 
@@ -55,6 +55,17 @@ def conversion_mb_per_s(record):
     return round(sum(int(disk.get("virtual_size") or 0) for disk in disks) / MIB / seconds, 1)
 
 
+def export_mb_per_s(record, seconds):
+    """Disk MiB per second pulled from the pool, for a live export this run converted: the export
+    and the conversion are one stream, so it is the VM's disk size over the convert stage's
+    seconds (connection and ova.xml included). None for an XVA source or when nothing was converted."""
+    convert_seconds = seconds.get("convert")
+    if not record.get("export_mode") or not record.get("converted") or not convert_seconds:
+        return None
+    disk_bytes = sum(int(disk.get("virtual_size") or 0) for disk in record.get("disks") or [])
+    return round(disk_bytes / MIB / convert_seconds, 1)
+
+
 def normalize_record(record, now):
     """One VM's entry from the playbook's record; raises ReportError on a record without a name
     or with an unknown status."""
@@ -83,6 +94,12 @@ def normalize_record(record, now):
         "stage_seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 1),
         "conversion_mb_per_s": conversion_mb_per_s(record),
+        # Live source (a pool's XAPI): the pool (its xen_hosts name), the export mode, the export
+        # speed and, for a source shutdown mode stopped, what the rollback after a failure did.
+        "source_pool": record.get("source_pool") or None,
+        "export_mode": record.get("export_mode") or None,
+        "export_mb_per_s": export_mb_per_s(record, seconds),
+        "rollback": record.get("rollback") or None,
         "fixups": sorted(set(record.get("fixups") or [])),
         "login_seconds": None if login is None else round(login, 1),
         "boot_method": record.get("boot_method") or None,
@@ -141,16 +158,18 @@ def render_markdown(entries, generated):
         "",
         "Updated %s. VMs: %s." % (generated, summary(entries)),
         "",
-        "| VM | status | KVM host | source | disks (GiB) | seconds per stage | total s | MB/s | login s | fixups | error |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| VM | status | KVM host | source | pool | export | disks (GiB) | seconds per stage | total s | MB/s"
+        " | export MB/s | login s | fixups | error | rollback |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for entry in entries:
         error = "" if entry["status"] != "failed" else "%s: %s" % (entry.get("failed_stage"), entry.get("error"))
         lines.append("| " + " | ".join(_cell(value) for value in (
-            entry["vm"], entry["status"], entry["kvm_host"], entry["source"],
-            "%d (%s)" % (len(entry["disks"]), _gib(entry["disk_bytes"])), _stages_text(entry["stage_seconds"]),
-            entry["total_seconds"], entry["conversion_mb_per_s"], entry["login_seconds"],
-            ", ".join(entry["fixups"]), error)) + " |")
+            entry["vm"], entry["status"], entry["kvm_host"], entry["source"], entry.get("source_pool"),
+            entry.get("export_mode"), "%d (%s)" % (len(entry["disks"]), _gib(entry["disk_bytes"])),
+            _stages_text(entry["stage_seconds"]), entry["total_seconds"], entry["conversion_mb_per_s"],
+            entry.get("export_mb_per_s"), entry["login_seconds"], ", ".join(entry["fixups"]), error,
+            entry.get("rollback"))) + " |")
     lines += ["", "## Disks", ""]
     for entry in entries:
         for disk in entry["disks"]:
