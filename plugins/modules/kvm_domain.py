@@ -19,6 +19,9 @@ description:
     MAC addresses in C(device) order, mapped to libvirt networks or bridges through O(network_map).
     The domain gets a serial console logged to C(/var/log/libvirt/qemu/NAME-serial.log), a QEMU
     guest agent channel, a virtio RNG and balloon, and C(x2k) metadata recording the source VM.
+  - The NICs' links can be left down (O(link_state=down)), so that the domain boots with its network
+    cable pulled, as needed while the Xen VM it was exported from still runs (a snapshot export), and
+    O(link_state=up) plugs it in at cut-over, in the running guest too, without a restart.
   - Idempotent. If the domain exists, its UUID, its recorded migration time and its versioned
     machine type are kept. On a real run the XML is always defined and the module reports a
     change only when libvirt's stored definition changed. In check mode it compares the new XML
@@ -43,7 +46,8 @@ options:
   spec:
     description:
       - The VM spec returned by C(xva_info) or C(xva_convert).
-      - Required unless O(state=absent).
+      - Required unless O(state=absent), or O(state=defined) with O(name) and O(link_state) (then only
+        the NICs' links of the existing domain change).
     type: dict
   disks:
     description:
@@ -122,6 +126,21 @@ options:
       - The migration time recorded in the metadata (ISO 8601 UTC). Defaults to the time recorded
         in the existing domain, or now for a new one.
     type: str
+  link_state:
+    description:
+      - The link state of every NIC of the domain (libvirt's C(<link state=.../>)). V(down) is a
+        pulled cable (the guest sees no carrier; nothing reaches the network through the NIC), V(up)
+        a plugged one.
+      - With O(spec), unset means V(up). The definition carries it, and on a running domain every NIC
+        whose link differs is switched in the running guest as well (virDomainUpdateDeviceFlags, live
+        and in the definition), without a restart; RV(restart_needed) stays false for it.
+      - Without O(spec) (O(state=defined) and O(name)), only the links of the existing domain are set,
+        live and in its definition; the rest of the domain is left alone. A domain without xen2kvm
+        metadata needs O(force=true). This is the cut-over of a domain imported with its links down
+        (playbooks/cutover.yml).
+      - A rerun with the same value changes nothing; switching is a change, with a diff.
+    type: str
+    choices: [up, down]
   state:
     description:
       - V(defined) defines the domain, V(running) also starts it when it is not running,
@@ -169,8 +188,8 @@ notes:
   - Requires libvirt-python (Debian C(python3-libvirt)) on the target host.
   - A new domain gets the Xen VM's uuid as its libvirt uuid (so the guest keeps its SMBIOS system
     uuid) unless another domain already uses it.
-  - Changing a running domain changes its stored definition only; RV(restart_needed) tells when it
-    needs a restart to take effect.
+  - Changing a running domain changes its stored definition only (except the NICs' links, see
+    O(link_state)); RV(restart_needed) tells when it needs a restart to take effect.
   - A vTPM of the Xen VM (C(spec.vtpm)) is not carried over; the module warns, naming what the
     guest loses with it (keys sealed in the TPM, such as BitLocker's).
 requirements:
@@ -203,6 +222,20 @@ EXAMPLES = r"""
     pool: vms
     memory_mib: 4096
     graphics: vnc
+
+- name: Import the VM with its NICs unplugged while its Xen source still runs (snapshot export)
+  xen2kvm.migration.kvm_domain:
+    spec: "{{ converted.spec }}"
+    disks: "{{ converted.disks }}"
+    network_map:
+      "Pool-wide network associated with eth0": {bridge: br0}
+    link_state: down
+    state: running
+
+- name: Cut over, plug the running domain's NICs in, without restarting it
+  xen2kvm.migration.kvm_domain:
+    name: web01
+    link_state: up
 
 - name: Remove the test domain, keeping its images
   xen2kvm.migration.kvm_domain:
@@ -266,6 +299,15 @@ nvram_reset_reason:
   returned: when O(state) is not V(absent)
   type: str
   sample: "the disk images were replaced (a new conversion): the old boot entries are stale"
+link_changes:
+  description:
+    - The NICs whose link was switched to O(link_state) (or would be, in check mode), by MAC address.
+      C(live) the running guest's NIC was switched, C(config) the stored definition said
+      otherwise before the run.
+  returned: when O(state) is not V(absent)
+  type: list
+  elements: dict
+  sample: [{mac: "aa:00:5e:00:53:01", live: true, config: true}]
 placed:
   description: Images moved or copied into O(pool) (C(src), C(dest), C(action)).
   returned: when O(state) is not V(absent)
@@ -309,8 +351,9 @@ def main():
             pool_action=dict(type="str", choices=["move", "copy"], default="move"),
             remove_disks=dict(type="bool", default=False),
             reset_nvram=dict(type="bool", default=False),
+            link_state=dict(type="str", choices=["up", "down"]),
         ),
-        required_if=[("state", "defined", ["spec"]), ("state", "running", ["spec"])],
+        required_if=[("state", "running", ["spec"])],
         required_one_of=[("spec", "name")],
         supports_check_mode=True,
     )

@@ -29,7 +29,8 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import i
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.binding import libvirt
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain_xml import (
     UNKNOWN_IMAGE, DomainXMLError, build_domain_xml, canonical, compare_with_stored, format_from_path,
-    nvram_reset_reason, read_metadata, recorded_images, sanitize_name, validate_name)
+    interfaces, link_state_of, nvram_reset_reason, read_metadata, recorded_images, sanitize_name,
+    validate_link_state, validate_name, with_link_state)
 
 POOL_TYPES = ("dir", "fs", "netfs")
 QEMU_USER, QEMU_GROUP = "libvirt-qemu", "kvm"
@@ -317,7 +318,8 @@ def define(conn, params, check_mode):
         name=name, vcpus=params.get("vcpus"), memory_mib=params.get("memory_mib"),
         machine=params.get("machine"), firmware=params.get("firmware"),
         graphics=params.get("graphics") or "none", uuid=uuid,
-        migrated_at=migrated_at or utc_now(), existing_machine=machine)
+        migrated_at=migrated_at or utc_now(), existing_machine=machine,
+        link_state=params.get("link_state") or "up")
     xml = build_domain_xml(spec, nvram_images=image_ids(disks), **build_args)
     reason = nvram_reset_reason(before or None, xml, owned, forced=bool(params.get("reset_nvram")))
     result = {"name": name, "disks": disks, "placed": placed, "nvram_reset": False, "nvram_reset_reason": "",
@@ -346,11 +348,109 @@ def define(conn, params, check_mode):
         dom = reset_nvram(conn, dom, xml)
     after = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     changed = not before or canonical(after) != canonical(before)
+    # The links of a running domain are switched live (sync_links): no restart for those.
+    beyond_links = bool(before) and canonical(after, ignore_links=True) != canonical(before, ignore_links=True)
     result.update(xml_changed=changed, xml=after, diff={"before": before, "after": after},
                   changed=changed or pool_changed or bool(reason),
-                  restart_needed=bool(changed and before and dom.isActive()),
+                  restart_needed=bool(beyond_links and dom.isActive()),
                   nvram_reset=bool(reason), nvram_reset_reason=reason or "")
     return result, dom
+
+
+# ---------------------------------------------------------------------------- NIC links
+
+
+def _update_device(dom, xml, flags, mac):
+    try:
+        dom.updateDeviceFlags(xml, flags)
+    except libvirt.libvirtError as exc:
+        raise KvmDomainError("setting the link of NIC %s of domain %s failed: %s" % (mac, dom.name(), exc),
+                             domain=domain_info(dom))
+
+
+def sync_links(dom, state, check_mode):
+    """Set the link of every NIC of ``dom`` to ``state`` where it differs, in the running guest
+    (no restart: the guest sees its cable plugged in or pulled) and in the stored definition.
+
+    One virDomainUpdateDeviceFlags(LIVE|CONFIG) per NIC, with the NIC as the definition has it:
+    the definition keeps everything else it says.  Should libvirt refuse that for the live NIC
+    (the running NIC differs from its definition in more than the link: a restart is pending),
+    the live NIC is updated from its own XML and the definition from its own.  Returns
+    ``[{mac, live, config}]``, what changed (or would, in check mode) for each NIC."""
+    state = validate_link_state(state)
+    if dom is None:
+        return []
+    config = dict(interfaces(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+    live = dict(interfaces(dom.XMLDesc(0))) if dom.isActive() else {}
+    changes = []
+    for mac in list(config) + [m for m in live if m not in config]:
+        need_config = mac in config and link_state_of(config[mac]) != state
+        need_live = mac in live and link_state_of(live[mac]) != state
+        if not (need_config or need_live):
+            continue
+        changes.append({"mac": mac, "live": need_live, "config": need_config})
+        if check_mode:
+            continue
+        if need_live and mac in config:
+            try:
+                dom.updateDeviceFlags(with_link_state(config[mac], state),
+                                      libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+                continue
+            except libvirt.libvirtError:
+                pass  # the running NIC is not what its definition says: each one on its own below
+        if need_live:
+            _update_device(dom, with_link_state(live[mac], state), libvirt.VIR_DOMAIN_AFFECT_LIVE, mac)
+        if need_config:
+            _update_device(dom, with_link_state(config[mac], state), libvirt.VIR_DOMAIN_AFFECT_CONFIG, mac)
+    return changes
+
+
+def set_links_only(conn, params, check_mode):
+    """``state: defined`` without ``spec``: only the NICs' links of the existing domain ``name``
+    change (the cut-over of a domain imported with its links down)."""
+    name = domain_name(params)
+    dom = find_domain(conn, name)
+    if dom is None:
+        raise KvmDomainError("domain %s does not exist: without spec, kvm_domain only sets the link state "
+                             "of an existing domain's NICs" % name, domain=domain_info(None, name))
+    before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    if read_metadata(ET.fromstring(before)) is None and not params.get("force"):
+        raise KvmDomainError("domain %s was not created by xen2kvm (it has no xen2kvm metadata): not changing "
+                             "its links without force=true" % name, domain=domain_info(dom))
+    changes = sync_links(dom, params["link_state"], check_mode)
+    after = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if not check_mode else before
+    if check_mode and changes:
+        after = _with_all_links(before, params["link_state"])
+    return {"changed": bool(changes), "domain": domain_info(dom, name), "xml": after,
+            "xml_changed": any(c["config"] for c in changes), "started": False,
+            "restart_needed": False, "link_changes": changes, "placed": [],
+            "disks": [{"path": path} for path in _disk_sources(ET.fromstring(before))],
+            "nvram_reset": False, "nvram_reset_reason": "", "diff": {"before": before, "after": after}}
+
+
+def _link_changes(dom, res, state, check_mode):
+    """What the spec run changed in the NICs' links: ``config`` where the definition (the stored
+    one before ``define``) said otherwise, ``live`` where the running guest's NIC was switched
+    (the definition already has the link: the running NICs follow it here)."""
+    before = res["diff"]["before"]
+    config = set(mac for mac, interface in interfaces(before) if link_state_of(interface) != state) \
+        if before else set()
+    live = set()
+    if dom is not None and dom.isActive():
+        live = set(c["mac"] for c in sync_links(dom, state, check_mode) if c["live"])
+    macs = [mac for mac, _interface in interfaces(res["xml"])]
+    return [{"mac": mac, "live": mac in live, "config": mac in config}
+            for mac in macs + sorted((config | live) - set(macs)) if mac in config or mac in live]
+
+
+def _with_all_links(xml, state):
+    """``xml`` with every NIC's link set to ``state`` (what check mode shows as the after)."""
+    root = ET.fromstring(xml)
+    for interface in root.findall("devices/interface"):
+        for link in interface.findall("link"):
+            interface.remove(link)
+        ET.SubElement(interface, "link", {"state": state})
+    return ET.tostring(root, encoding="unicode")
 
 
 def set_autostart(dom, wanted, check_mode):
@@ -463,8 +563,11 @@ def remove(conn, params, check_mode):
 def run(params, check_mode=False):
     """Everything kvm_domain does; returns the module result (``diff`` always included)."""
     state = params.get("state") or "defined"
-    if state != "absent" and not isinstance(params.get("spec"), dict):
-        raise KvmDomainError("spec is required when state is %s" % state)
+    spec_less_links = state == "defined" and params.get("spec") is None and params.get("name") \
+        and params.get("link_state")
+    if state != "absent" and not isinstance(params.get("spec"), dict) and not spec_less_links:
+        raise KvmDomainError("spec is required when state is %s (without spec, give name and link_state "
+                             "to set only the link state of an existing domain's NICs)" % state)
     if state == "absent" and not params.get("name") and not (params.get("spec") or {}).get("name"):
         raise KvmDomainError("state=absent needs name or spec")
     conn = connect(params.get("uri") or "qemu:///system")
@@ -474,8 +577,11 @@ def run(params, check_mode=False):
                 res, dom = remove(conn, params, check_mode)
                 return {"changed": res["changed"], "domain": domain_info(dom, res["name"]),
                         "xml": "", "removed_disks": res["removed_disks"], "diff": res["diff"]}
+            if not isinstance(params.get("spec"), dict):
+                return set_links_only(conn, params, check_mode)
             res, dom = define(conn, params, check_mode)
-            changed = res["changed"]
+            link_changes = _link_changes(dom, res, params.get("link_state") or "up", check_mode)
+            changed = res["changed"] or any(c["live"] for c in link_changes)
             started = False
             if state == "running":
                 started = start(dom, check_mode, res["name"], res["disks"])
@@ -488,7 +594,7 @@ def run(params, check_mode=False):
                     "disks": res["disks"], "placed": res["placed"],
                     "restart_needed": res.get("restart_needed", False), "diff": res["diff"],
                     "nvram_reset": res["nvram_reset"], "nvram_reset_reason": res["nvram_reset_reason"],
-                    "warnings": res["warnings"]}
+                    "link_changes": link_changes, "warnings": res["warnings"]}
         except DomainXMLError as exc:
             raise KvmDomainError(str(exc))
         except libvirt.libvirtError as exc:

@@ -61,6 +61,10 @@ UNKNOWN_IMAGE = "-"
 MANAGED_DEVICES = ("disk", "interface", "serial", "console", "channel", "graphics", "rng",
                    "memballoon")
 
+# libvirt's <link state=.../> of a NIC: "down" is the cable pulled (the guest sees no carrier).
+# "up" is also what a NIC without the element has, so the builder writes only "down".
+LINK_STATES = ("up", "down")
+
 
 class DomainXMLError(ValueError):
     """The spec and options cannot make a valid domain definition."""
@@ -134,6 +138,14 @@ def not_carried_over(spec):
             "Windows Hello credentials) is lost - have the recovery keys ready before the first boot"
             % (spec.get("name") or ""))
     return warnings
+
+
+def validate_link_state(state):
+    """``state`` (None meaning up) if it is a libvirt NIC link state, else raise."""
+    state = state or "up"
+    if state not in LINK_STATES:
+        raise DomainXMLError("link_state must be up or down, not %r" % (state,))
+    return state
 
 
 def resolve_machine(requested, firmware, existing=None):
@@ -290,13 +302,14 @@ def read_metadata(root):
 def build_domain_xml(spec, disks=None, network_map=None, default_network=None,
                      domain_type="kvm", name=None, vcpus=None, memory_mib=None, machine=None,
                      firmware=None, graphics="none", uuid=None, migrated_at="",
-                     existing_machine=None, nvram_images=None):
+                     existing_machine=None, nvram_images=None, link_state="up"):
     """Return the domain XML (str) for ``spec`` with the given overrides.
 
     ``uuid`` and ``migrated_at`` come from the existing domain on reruns so that an unchanged
     VM gives an unchanged definition.  ``existing_machine`` is the stored machine type (see
     :func:`resolve_machine`).  ``nvram_images`` (UEFI only) are the image files the NVRAM is
-    for, recorded in the metadata (see :func:`nvram_reset_reason`).
+    for, recorded in the metadata (see :func:`nvram_reset_reason`).  ``link_state`` ``down``
+    gives every NIC ``<link state='down'/>``.
     """
     if not isinstance(spec, dict):
         raise DomainXMLError("spec must be a dict (the output of xva_info / xva_convert)")
@@ -317,6 +330,7 @@ def build_domain_xml(spec, disks=None, network_map=None, default_network=None,
         raise DomainXMLError("memory_mib must be at least 1 (spec has none)")
     if graphics not in ("none", "vnc"):
         raise DomainXMLError("graphics must be none or vnc, not %r" % graphics)
+    link_state = validate_link_state(link_state)
     machine = resolve_machine(machine, firmware, existing_machine)
     # Secure Boot follows the Xen VM (platform:secureboot) and only applies to UEFI; OVMF's
     # secure-boot build needs SMM, which only q35 has.
@@ -387,6 +401,8 @@ def build_domain_xml(spec, disks=None, network_map=None, default_network=None,
         elif nic["type"] == "bridge":
             _sub(i, "source", bridge=nic["source"])
         _sub(i, "model", type="virtio")
+        if link_state == "down":
+            _sub(i, "link", state="down")
     serial = _sub(devices, "serial", type="pty")
     _sub(serial, "log", file="%s/%s-serial.log" % (SERIAL_LOG_DIR, name), append="off")
     _sub(serial, "target", port=0)
@@ -459,6 +475,54 @@ def nvram_reset_reason(stored_xml, new_xml, owned, forced=False):
     return None
 
 
+# ---------------------------------------------------------------------------- NIC link state
+
+
+def link_state_of(interface):
+    """The link state of a parsed ``<interface>``: ``down`` or ``up`` (no element means up)."""
+    link = interface.find("link")
+    state = link.get("state") if link is not None else None
+    return "down" if state == "down" else "up"
+
+
+def interface_mac(interface):
+    mac = interface.find("mac")
+    return (mac.get("address") or "").lower() if mac is not None else ""
+
+
+def interfaces(xml):
+    """``[(mac, <interface> element)]`` of a domain XML string, in device order."""
+    root = ET.fromstring(xml)
+    return [(interface_mac(i), i) for i in root.findall("devices/interface")]
+
+
+def with_link_state(interface, state):
+    """The ``<interface>`` element as a device XML string for virDomainUpdateDeviceFlags, with its
+    link set to ``state``.  ``up`` is written out: an update without the element would leave
+    libvirt to pick the default, and the point is to say it."""
+    state = validate_link_state(state)
+    device = copy.deepcopy(interface)
+    for link in device.findall("link"):
+        device.remove(link)
+    ET.SubElement(device, "link", {"state": state})
+    return ET.tostring(device, encoding="unicode")
+
+
+def link_differences(xml, state):
+    """MACs of the NICs of domain XML ``xml`` whose link is not ``state``."""
+    return [mac for mac, interface in interfaces(xml) if link_state_of(interface) != state]
+
+
+def _drop_links(root, all_states=False):
+    """Remove the NICs' ``<link>`` elements in place: those saying ``up`` (the same as none), or
+    every one with ``all_states`` (to tell whether anything but the links changed)."""
+    for interface in root.findall("devices/interface"):
+        for link in interface.findall("link"):
+            if all_states or link.get("state") != "down":
+                interface.remove(link)
+    return root
+
+
 def to_string(root):
     root = copy.deepcopy(root)
     if hasattr(ET, "indent"):
@@ -499,6 +563,11 @@ def _project(stored, want):
             continue
         used.add(id(match))
         out.append(_project(match, wchild))
+    if want.tag == "interface" and want.find("link") is None:
+        # The builder owns the link state: writing none sets the link up, so a stored "down" is a change.
+        for c in stored:
+            if c.tag == "link" and c.get("state") == "down":
+                out.append(_strip(c))
     if want.tag == "devices":
         # Stored devices of a managed kind we did not ask for would survive a define: show them.
         for c in stored:
@@ -527,12 +596,14 @@ def _controller_key(controller):
     return (controller.get("type") or "", int(index) if index.isdigit() else 0, controller.get("model") or "")
 
 
-def canonical(xml):
+def canonical(xml, ignore_links=False):
     """``xml`` normalized for telling whether a definition changed: text trimmed and the
     controllers in one order.  libvirt keeps them in the order it added them, and after a q35
     domain's first start it stores its virtio-serial controller elsewhere than a define of the
-    very same XML does: compared as they are, a rerun would always report a change."""
-    root = _clean(ET.fromstring(xml))
+    very same XML does: compared as they are, a rerun would always report a change.  A NIC's
+    ``<link state='up'/>`` (left by a live update that set the link up) equals no ``<link>``;
+    ``ignore_links`` drops the down ones too (links are switched live, without a restart)."""
+    root = _drop_links(_clean(ET.fromstring(xml)), all_states=ignore_links)
     devices = root.find("devices")
     if devices is not None:
         controllers = [child for child in devices if child.tag == "controller"]
@@ -552,8 +623,8 @@ def compare_with_stored(stored_xml, new_xml):
     builder does not write are ignored.  Used by check mode; a real run compares libvirt's own
     stored XML before and after defining instead.
     """
-    stored = ET.fromstring(stored_xml)
-    new = _clean(ET.fromstring(new_xml))
+    stored = _drop_links(ET.fromstring(stored_xml))
+    new = _drop_links(_clean(ET.fromstring(new_xml)))
     before = _project(stored, new)
     after_s, before_s = to_string(new), to_string(before)
     return before_s != after_s, before_s, after_s
