@@ -44,7 +44,7 @@ help:
 	@echo "make install      Debian packages + .venv (idempotent; scripts/install-deps.sh)"
 	@echo "make unit         pytest tests/unit            (PYTEST_ARGS=...)"
 	@echo "make integration  pytest tests/integration     (root; starts libvirtd itself)"
-	@echo "make molecule     molecule test -s default, then -s fleet (extensions/molecule; root, libvirtd)"
+	@echo "make molecule     molecule test -s default, -s fleet, then -s live-export (extensions/molecule; root, libvirtd)"
 	@echo "make sanity       ansible-test sanity on a clean copy (SANITY_ARGS='--test pylint')"
 	@echo "make lint         ansible-lint --profile production (LINT_ARGS=...)"
 	@echo "make bench        bench/xva_bench.py + bench/migrate_bench.py (BENCH=xva|migrate: one)"
@@ -83,7 +83,7 @@ test-all:
 # tests/lib/guest_factory.py, their destroy step removes everything again.
 molecule: $(INSTALL) collection-link
 	@$(REPO)/scripts/libvirtd-up.sh
-	@cd $(REPO) && for scenario in default fleet; do \
+	@cd $(REPO) && for scenario in default fleet live-export; do \
 	  echo "==> molecule test -s $$scenario"; \
 	  $(BIN)/molecule test -s $$scenario; \
 	done
