@@ -37,6 +37,9 @@ xapi-project/xen-api), on 127.0.0.1 only:
 - HTTPS with a self-signed certificate for 127.0.0.1 made by ``openssl`` in a temporary directory
   (``tls=True``; ``ca_file`` is the certificate to trust), as an XCP-ng host has by default.
 
+``rpc_value(method, *args)`` acts on the pool as its admin would (a user's own snapshot, say);
+``delay_calls={"VM.set_is_a_template": 30}`` holds a call's answer back (a busy pool).
+
 Counters for cleanup assertions: ``live_sessions()``, ``snapshots()`` (records of the snapshots
 alive), ``live_tasks()``, ``calls`` (``(method, args)`` with no session id and no password),
 ``exports`` (``(uuid, compression)`` per export streamed).
@@ -130,9 +133,11 @@ class XapiDouble:
         self.bytes_per_second = bytes_per_second  # per export, as a busy host's link would send it
         self.tls = tls
         self.fail_next = dict(fail_next or {})
+        self.delay_calls = {}  # method -> seconds to wait before answering (a busy pool), e.g. to signal a client
         self.ca_file = None
         self.sessions = set()
         self.requests = []
+        self.member_requests = []  # those that reached the second port (export_port_redirect)
         self.calls = []
         self.exports = []
         self.released = threading.Event()  # ends a stall
@@ -292,13 +297,24 @@ class XapiDouble:
         return record
 
     # ------------------------------------------------------------------ XML-RPC
+    def rpc_value(self, method, *args):
+        """Make a call as the pool's admin would (xe on the host): no session, not counted in
+        ``calls``. Raises ``XapiFailure``."""
+        with self.lock:
+            return self._call(method, args)
+
     def rpc(self, method, params):
+        delay = self.delay_calls.get(method)
+        if delay:
+            with self.lock:
+                self.calls.append((method, tuple(params[1:])))
+            self.released.wait(delay)  # outside the lock: the pool goes on answering others
         try:
-            return {"Status": "Success", "Value": self._dispatch(method, tuple(params))}
+            return {"Status": "Success", "Value": self._dispatch(method, tuple(params), counted=not delay)}
         except XapiFailure as failure:
             return {"Status": "Failure", "ErrorDescription": [str(p) for p in failure.args[0]]}
 
-    def _dispatch(self, method, params):
+    def _dispatch(self, method, params, counted=True):
         with self.lock:
             if method == "session.login_with_password":
                 self.calls.append((method, tuple(params[:1])))
@@ -307,7 +323,8 @@ class XapiDouble:
                     raise XapiFailure(["SESSION_AUTHENTICATION_FAILED", params[0] if params else "",
                                        "Authentication failure"])
                 return self.login()
-            self.calls.append((method, tuple(params[1:])))
+            if counted:
+                self.calls.append((method, tuple(params[1:])))
             if method == "session.logout":
                 self._session_ok(params[0] if params else None)
                 self.sessions.discard(params[0])
@@ -686,6 +703,8 @@ def _handler_for(xapi, member):
             parts = urllib.parse.urlsplit(self.path)
             query = dict(urllib.parse.parse_qsl(parts.query))
             xapi.requests.append(self.path)
+            if member:
+                xapi.member_requests.append(self.path)
             if parts.path not in ("/export", "/member/export"):
                 return self._plain(404, "not found")
             if not self._authorised(query):
