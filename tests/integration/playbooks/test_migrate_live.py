@@ -227,3 +227,29 @@ def test_a_wrong_password_fails_clearly_and_leaves_nothing(qemu_tmp):
         assert re.search(r"authenticat", entry["error"], re.I) and xapi.url.split("//")[1] in entry["error"], entry
         assert wrong not in str(entry)
         assert images_left(images, name) == []
+
+
+@pytest.mark.parametrize("case, words", [
+    ("marked elsewhere", "is marked as migrated to kvm9/{name} at 2026-11-30T01:00:00+00:00, not to localhost; "
+                         "it is not exported again"),
+    ("marked and running", "is marked as migrated to localhost/{name} at 2026-11-30T01:00:00+00:00, yet it is Running "
+                           "on Xen: two live copies"),
+    ("halted mode", "is Running; export mode halted needs a halted VM"),
+])
+def test_a_vm_the_mode_or_mark_rules_out_stops_before_anything_is_exported(qemu_tmp, case, words):
+    name = "x2k-live-rule-%s" % uuid.uuid4().hex[:6]
+    target = {"marked elsewhere": "kvm9", "marked and running": "localhost"}.get(case)
+    other_config = {"xen2kvm_migrated_to": "%s/%s" % (target, name),
+                    "xen2kvm_migrated_at": "2026-11-30T01:00:00+00:00"} if target else {}
+    power = "Halted" if case == "marked elsewhere" else "Running"
+    vm = XapiVM(name, small_xva(qemu_tmp, name), power_state=power, other_config=other_config)
+    with XapiDouble([vm], password=PASSWORD, tls=True) as xapi:
+        inv = inventory(xapi, qemu_tmp / "images", {name: {"export_mode": "halted" if case == "halted mode" else "shutdown"}})
+        rc, output = play(qemu_tmp, inv, "-e", "report_dir=%s" % (qemu_tmp / "reports"))
+        assert rc != 0, output
+        entry = report(qemu_tmp / "reports")[0][name]
+        assert entry["failed_stage"] == "xen_source", entry
+        assert words.format(name=name) in " ".join(entry["error"].split()), entry
+        assert xapi.exports == [] and xapi.snapshots() == [] and xapi.live_sessions() == 0
+        assert xapi.vm(name).power_state == power and xapi.vm(name).other_config == other_config
+        assert not [call for call in xapi.calls if call[0] in ("VM.clean_shutdown", "VM.snapshot", "VM.start")]
