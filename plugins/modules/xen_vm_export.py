@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 ---
 module: xen_vm_export
 short_description: Ready a XenServer / XCP-ng VM for XAPI's HTTP export, and clean up after it
-version_added: "0.2.0"
+version_added: "0.1.0"
 description:
   - With O(state=prepared), readies the VM for XAPI's C(/export) and returns its URL in
     RV(export_src), for M(xen2kvm.migration.xva_convert) to pull on the KVM host with

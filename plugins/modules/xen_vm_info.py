@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 ---
 module: xen_vm_info
 short_description: Find a VM on a XenServer / XCP-ng pool and read its spec
-version_added: "0.2.0"
+version_added: "0.1.0"
 description:
   - Finds one VM on the pool by O(name) or O(uuid) through XAPI and returns its power state,
     the host it runs on, its tags and migration mark, and its C(spec) in the same shape as

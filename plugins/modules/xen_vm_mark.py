@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 ---
 module: xen_vm_mark
 short_description: Mark a XenServer / XCP-ng VM as migrated to KVM, or remove the mark
-version_added: "0.2.0"
+version_added: "0.1.0"
 description:
   - A source VM left halted after its migration carries a mark so that nobody starts it by
     mistake while its copy runs on KVM, and so a rerun of the migration sees it.

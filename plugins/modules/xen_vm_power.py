@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 ---
 module: xen_vm_power
 short_description: Start or cleanly shut down a VM on a XenServer / XCP-ng pool
-version_added: "0.2.0"
+version_added: "0.1.0"
 description:
   - Brings a VM to O(state). The migration uses it to start the source VM again when the
     migration of a VM that export mode C(shutdown) stopped fails (rollback).
