@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The XAPI double (xapi_double.py) as a background process, for tests that span several
 ansible-playbook runs (the Molecule scenario live-export: create starts it, converge and the
 verifier use it, destroy stops it).
