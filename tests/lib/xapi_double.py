@@ -18,7 +18,8 @@ xapi-project/xen-api), on 127.0.0.1 only:
 - XAPI's failures with their documented parameters: SESSION_AUTHENTICATION_FAILED,
   SESSION_INVALID, HANDLE_INVALID [class, handle], UUID_INVALID [class, uuid],
   VM_BAD_POWER_STATE [vm, expected, actual] (lower case, expected states joined by ", "),
-  VM_IS_TEMPLATE / VM_IS_SNAPSHOT [vm, operation], MAP_DUPLICATE_KEY [class, field, ref, key],
+  VM_IS_TEMPLATE / VM_IS_SNAPSHOT [vm, operation], OPERATION_BLOCKED [vm, reason] (an
+  operation listed in the VM's ``blocked_operations``), MAP_DUPLICATE_KEY [class, field, ref, key],
   VDI_IN_USE [vdi, "destroy"], MESSAGE_METHOD_UNKNOWN; any call can be made to fail once with
   ``fail_next={"VM.clean_shutdown": ["VM_BAD_POWER_STATE", ...]}``.
 - The VM, VBD, VDI, VIF, network and SR records come from the fixture XVA's own ``ova.xml``
@@ -74,9 +75,10 @@ POWER_STATES_FOR = {  # xapi_vm_lifecycle.ml allowed_power_states, for the opera
     "hard_shutdown": ["Paused", "Suspended", "Running"],
     "destroy": ["Halted", "Suspended"],
     "export": ["Halted", "Suspended"],
+    "make_into_template": ["Halted"],
 }
 SNAPSHOT_OPERATIONS = ("revert", "clone", "copy", "export", "destroy", "hard_shutdown")
-TEMPLATE_OPERATIONS = ("clone", "copy", "export", "destroy")
+TEMPLATE_OPERATIONS = ("clone", "copy", "export", "destroy", "make_into_template")
 
 
 def _new_ref():
@@ -98,6 +100,7 @@ class XapiVM:
         self.other_config = dict(other_config or {})
         self.shutdown_seconds = shutdown_seconds
         self.ha_always_run = ha_always_run
+        self.blocked_operations = {}  # operation -> reason, as VM.blocked_operations (OPERATION_BLOCKED)
         self.is_a_template = False
         self.is_a_snapshot = False
         self.snapshot_of = NULL
@@ -289,6 +292,7 @@ class XapiDouble:
             "other_config": dict(vm.other_config), "is_a_template": vm.is_a_template,
             "is_a_snapshot": vm.is_a_snapshot, "snapshot_of": vm.snapshot_of,
             "snapshot_time": vm.snapshot_time, "ha_always_run": vm.ha_always_run,
+            "blocked_operations": dict(vm.blocked_operations),
             "is_control_domain": False, "VBDs": list(vm.vbds), "VIFs": list(vm.vifs),
             "resident_on": self.host_ref if vm.power_state == "Running" else NULL,
             "snapshots": [s.ref for s in self.vms if s.snapshot_of == vm.ref],
@@ -394,7 +398,9 @@ class XapiDouble:
     _vm_by_ref = _vm  # the name older tests knew
 
     def _check_operation(self, vm, operation):
-        """xapi_vm_lifecycle.ml's order: power state first, then template, then snapshot."""
+        """xapi_vm_lifecycle.ml's order: blocked, power state, then template, then snapshot."""
+        if operation in vm.blocked_operations:
+            raise XapiFailure(["OPERATION_BLOCKED", vm.ref, vm.blocked_operations[operation]])
         allowed = POWER_STATES_FOR.get(operation)
         if allowed is not None and vm.power_state not in allowed:
             raise XapiFailure(["VM_BAD_POWER_STATE", vm.ref, ", ".join(s.lower() for s in allowed),
@@ -446,7 +452,10 @@ class XapiDouble:
         return new_ref
 
     def _VM_set_is_a_template(self, ref, value):
-        self._vm(ref).is_a_template = bool(value)
+        vm = self._vm(ref)
+        if value and not vm.is_a_template:
+            self._check_operation(vm, "make_into_template")
+        vm.is_a_template = bool(value)
         return ""
 
     def _VM_set_ha_always_run(self, ref, value):

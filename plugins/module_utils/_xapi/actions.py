@@ -30,7 +30,8 @@ def export_action(client, state, name=None, uuid=None, mode="snapshot", shutdown
     if state == "released":
         if not snapshot_uuid:
             return {"changed": False, "snapshot_uuid": None}
-        return {"changed": release_snapshot(client, snapshot_uuid, check_mode), "snapshot_uuid": snapshot_uuid}
+        return {"changed": release_snapshot(client, snapshot_uuid, check_mode, vm_uuid=uuid),
+                "snapshot_uuid": snapshot_uuid}
     if not (name or uuid):
         raise XapiError("state prepared needs the VM's name or uuid")
     vm_ref, record = find_vm(client, name=name, uuid=uuid)

@@ -152,9 +152,10 @@ def prepare_export(client, vm_ref, vm_record, mode, shutdown_timeout, compressio
     return result
 
 
-def release_snapshot(client, snapshot_uuid, check_mode=False):
-    """Destroy the snapshot ``snapshot_uuid`` made by ``prepare_export`` and its VDIs.  Returns
-    whether there was one; a snapshot that is gone already is not an error (cleanup reruns)."""
+def release_snapshot(client, snapshot_uuid, check_mode=False, vm_uuid=None):
+    """Destroy the snapshot ``snapshot_uuid`` made by ``prepare_export`` (of the VM ``vm_uuid``,
+    when given) and its VDIs.  Returns whether there was one; a snapshot that is gone already is
+    not an error (cleanup reruns)."""
     client.subject = "snapshot %s" % snapshot_uuid
     try:
         snap_ref = client.call("VM.get_by_uuid", snapshot_uuid)
@@ -166,6 +167,9 @@ def release_snapshot(client, snapshot_uuid, check_mode=False):
     if not is_our_snapshot(record):
         raise XapiError("%s on pool %s (%r) is not a snapshot made by xen2kvm; refusing to destroy it"
                         % (client.subject, client.pool, record.get("name_label")), code="NOT_OURS")
+    if vm_uuid and not is_our_snapshot(record, vm_uuid):
+        raise XapiError("%s on pool %s (%r) is a snapshot of another VM than %s; refusing to destroy it"
+                        % (client.subject, client.pool, record.get("name_label"), vm_uuid), code="NOT_OURS")
     if not check_mode:
         destroy_snapshot(client, snap_ref)
     return True

@@ -117,6 +117,9 @@ def describe_failure(details, pool, subject=None, username=None):
         return "%s: %s is not allowed on a %s (%s)" % (where, _param(params, 1), code[6:].lower(), code)
     if code == "OPERATION_NOT_ALLOWED":
         return "%s: XAPI does not allow this: %s (OPERATION_NOT_ALLOWED)" % (where, _param(params, 0))
+    if code == "OPERATION_BLOCKED":
+        return ("%s: an administrator blocked this operation on it (blocked_operations: %s) (OPERATION_BLOCKED)"
+                % (where, _param(params, 1)))
     if code == "VM_SHUTDOWN_TIMEOUT":
         return "%s did not shut down within XAPI's %s s (VM_SHUTDOWN_TIMEOUT)" % (where, _param(params, 1))
     if code == "VDI_IN_USE":

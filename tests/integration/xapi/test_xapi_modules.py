@@ -48,6 +48,8 @@ def pool_fixture(fixture_vm):
         yield xapi
         assert xapi.live_sessions() == 0, "a module left its XAPI session open"
         assert xapi.live_tasks() == 0, "a module left a task on the pool"
+        ours = [s["name_label"] for s in xapi.snapshots() if s["name_label"].startswith("xen2kvm-")]
+        assert ours == [], "snapshots left behind: %s" % ours
 
 
 def creds(xapi, **more):
@@ -205,6 +207,13 @@ def test_release_refuses_what_it_did_not_make(pool):
     refused = run("xen_vm_export", {**creds(pool), "state": "released", "snapshot_uuid": theirs_uuid},
                   expect_fail=True)
     assert "'before-upgrade'" in refused["msg"] and [s["uuid"] for s in pool.snapshots()] == [theirs_uuid]
+    of_web = run("xen_vm_export", creds(pool, name="web01"))
+    refused = run("xen_vm_export", {**creds(pool), "state": "released", "snapshot_uuid": of_web["snapshot_uuid"],
+                                    "uuid": pool.vm("db01").uuid}, expect_fail=True)
+    assert "is a snapshot of another VM than %s" % pool.vm("db01").uuid in refused["msg"]
+    released = run("xen_vm_export", {**creds(pool), "state": "released", "snapshot_uuid": of_web["snapshot_uuid"],
+                                     "uuid": web.uuid})
+    assert released["changed"] is True and [s["uuid"] for s in pool.snapshots()] == [theirs_uuid]
 
 
 def test_prepare_sweeps_the_snapshots_a_killed_run_left(pool):
@@ -234,6 +243,15 @@ def test_a_failure_after_the_snapshot_destroys_it_again(pool):
     assert "web01" in result["msg"] and pool.url in result["msg"]
     assert pool.snapshots() == []
     assert not any(vdi.get("is_a_snapshot") for vdi in pool.objects["VDI"].values())
+
+
+def test_a_blocked_snapshot_is_named(pool):
+    pool.vm("web01").blocked_operations["snapshot"] = "frozen for the audit"
+    result = run("xen_vm_export", creds(pool, name="web01"), expect_fail=True)
+    assert result["msg"] == ("VM 'web01' (%s) on pool %s: an administrator blocked this operation on it "
+                             "(blocked_operations: frozen for the audit) (OPERATION_BLOCKED)"
+                             % (pool.vm("web01").uuid, pool.url))
+    assert pool.snapshots() == []
 
 
 def test_sigterm_during_prepare_leaves_no_snapshot(pool, tmp_path):
