@@ -21,8 +21,7 @@ POLL_SECONDS = (0.1, 0.2, 0.5, 1.0)  # quick first looks (a halted test guest), 
 
 
 def _poll_intervals():
-    for seconds in POLL_SECONDS:
-        yield seconds
+    yield from POLL_SECONDS
     while True:
         yield POLL_SECONDS[-1]
 

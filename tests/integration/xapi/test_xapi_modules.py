@@ -31,8 +31,8 @@ def fixture_vm(tmp_path_factory):
     vm = VM(name="web01", vcpus=2, memory_bytes=1024 * MiB,
             disks=[Disk(image=half_filled_disk(5 * MiB, 11), userdevice=0, bootable=True, name="web01 root"),
                    Disk(image=half_filled_disk(2 * MiB + 4096, 12), userdevice=1, device="xvdb", name="web01 data")],
-            nics=[Nic(device=0, mac="de:ad:be:ef:10:01"), Nic(device=1, mac="de:ad:be:ef:10:02", network="backup",
-                                                             bridge="xenbr1")])
+            nics=[Nic(device=0, mac="de:ad:be:ef:10:01"),
+                  Nic(device=1, mac="de:ad:be:ef:10:02", network="backup", bridge="xenbr1")])
     xva = work / "web01.xva"
     write_xva(str(xva), vm, checksum="xxhash", compression=None)
     return vm, xva
@@ -229,8 +229,8 @@ def test_prepare_sweeps_the_snapshots_a_killed_run_left(pool):
 
     fresh = run("xen_vm_export", creds(pool, name="web01"))
     assert set(fresh["swept"]) == stale
-    assert sorted(s["uuid"] for s in pool.snapshots()) == sorted([fresh["snapshot_uuid"],
-                                                                   pool.rpc_value("VM.get_uuid", users)])
+    left = sorted([fresh["snapshot_uuid"], pool.rpc_value("VM.get_uuid", users)])
+    assert sorted(s["uuid"] for s in pool.snapshots()) == left
     run("xen_vm_export", {**creds(pool), "state": "released", "snapshot_uuid": fresh["snapshot_uuid"]})
     assert [s["name_label"] for s in pool.snapshots()] == ["before-upgrade"]
     assert len([v for v in pool.objects["VDI"].values() if v.get("is_a_snapshot")]) == 2  # the user's own
@@ -268,7 +268,7 @@ def test_sigterm_during_prepare_leaves_no_snapshot(pool, tmp_path):
         assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() else "timeout"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=60)
+    output = proc.communicate(timeout=60)[0]
     assert "stopped by SIGTERM" in output, output
     pool.delay_calls.clear()
     assert pool.snapshots() == [] and pool.live_sessions() == 0
