@@ -37,11 +37,14 @@ def clean_shutdown(client, vm_ref, timeout, clock=time.monotonic, sleep=time.sle
             sleep(min(next(intervals), max(deadline - clock(), 0)))
             status = client.call("task.get_status", task)
         if status == "pending":
-            client.call("task.cancel", task)
+            try:
+                client.call("task.cancel", task)
+            except XapiError:  # a task xapi cannot cancel: the timeout is still what the user must hear
+                pass
             raise XapiError("%s on pool %s did not shut down within %s s of a clean shutdown request (a guest "
-                            "without PV drivers or ACPI, or a hung one); it was left running. Shut it down in the "
-                            "guest, or raise shutdown_timeout" % (client.subject, client.pool, timeout),
-                            code="SHUTDOWN_TIMEOUT")
+                            "without PV drivers or ACPI, or a hung one); it was still running when this gave up. "
+                            "Shut it down in the guest, or raise shutdown_timeout"
+                            % (client.subject, client.pool, timeout), code="SHUTDOWN_TIMEOUT")
         if status != "success":
             details = client.call("task.get_error_info", task) or [status.upper()]
             raise XapiError(describe_failure(details, client.pool, client.subject), code=details[0])

@@ -310,7 +310,7 @@ def test_shutdown_timeout_leaves_the_vm_running_and_says_so(pool):
     web.shutdown_seconds = None  # the guest ignores the request
     result = run("xen_vm_export", creds(pool, name="web01", mode="shutdown", shutdown_timeout=2), expect_fail=True)
     assert "VM 'web01' (%s) on pool %s did not shut down within 2 s" % (web.uuid, pool.url) in result["msg"]
-    assert "left running" in result["msg"]
+    assert "still running when this gave up" in result["msg"]
     assert web.power_state == "Running" and not any(m == "VM.hard_shutdown" for m, _a in pool.calls)
 
 
