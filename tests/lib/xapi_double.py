@@ -43,7 +43,8 @@ xapi-project/xen-api), on 127.0.0.1 only:
 
 Counters for cleanup assertions: ``live_sessions()``, ``snapshots()`` (records of the snapshots
 alive), ``live_tasks()``, ``calls`` (``(method, args)`` with no session id and no password),
-``exports`` (``(uuid, compression)`` per export streamed).
+``exports`` (``(uuid, compression)`` per export streamed). ``export_blocks(uuid, compression)``
+gives an export's bytes without HTTP (for a fake ``xe vm-export`` on the host).
 """
 
 import base64
@@ -594,6 +595,16 @@ class XapiDouble:
         return ""
 
     # ------------------------------------------------------------------ HTTP export
+    def export_blocks(self, uuid, compression=None):
+        """The bytes an export of ``uuid`` streams (``compression``: None, "gzip" or "zstd"), with
+        xapi's checks, for a stand-in of ``xe vm-export filename= compress=...`` on the host.
+        Raises ``XapiFailure`` (UUID_INVALID, VM_BAD_POWER_STATE) before the first byte."""
+        with self.lock:
+            vm = self._vm(self._generic("VM", "get_by_uuid", (uuid,)))
+            self._check_operation(vm, "export")
+            self.exports.append((vm.uuid, compression))
+        return _export_blocks(vm.xva_path, {"use_compression": compression} if compression else {})
+
     def find_export(self, query):
         with self.lock:
             for vm in self.vms:
@@ -729,8 +740,11 @@ def _handler_for(xapi, member):
             vm = xapi.find_export(query)
             if vm is None:
                 return self._plain(404, "VM not found")
-            if vm.power_state not in POWER_STATES_FOR["export"]:
-                return self._plain(500, "VM_BAD_POWER_STATE")
+            try:
+                with xapi.lock:
+                    xapi._check_operation(vm, "export")
+            except XapiFailure as failure:  # xapi fails the export's task; the client sees a 500
+                return self._plain(500, failure.args[0][0])
             xapi.exports.append((vm.uuid, _compressor(query)[0]))
             self._stream(_export_blocks(vm.xva_path, query))
             return None
