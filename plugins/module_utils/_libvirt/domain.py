@@ -29,7 +29,7 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import i
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.binding import libvirt
 from ansible_collections.xen2kvm.migration.plugins.module_utils._libvirt.domain_xml import (
     UNKNOWN_IMAGE, DomainXMLError, build_domain_xml, canonical, compare_with_stored, format_from_path,
-    interfaces, link_state_of, nvram_reset_reason, read_metadata, recorded_images, sanitize_name,
+    interfaces, link_differences, link_state_of, nvram_reset_reason, read_metadata, recorded_images, sanitize_name,
     validate_link_state, validate_name, with_link_state)
 
 POOL_TYPES = ("dir", "fs", "netfs")
@@ -433,8 +433,7 @@ def _link_changes(dom, res, state, check_mode):
     one before ``define``) said otherwise, ``live`` where the running guest's NIC was switched
     (the definition already has the link: the running NICs follow it here)."""
     before = res["diff"]["before"]
-    config = set(mac for mac, interface in interfaces(before) if link_state_of(interface) != state) \
-        if before else set()
+    config = set(link_differences(before, state)) if before else set()
     live = set()
     if dom is not None and dom.isActive():
         live = set(c["mac"] for c in sync_links(dom, state, check_mode) if c["live"])
