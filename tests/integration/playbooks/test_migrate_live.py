@@ -253,3 +253,19 @@ def test_a_vm_the_mode_or_mark_rules_out_stops_before_anything_is_exported(qemu_
         assert xapi.exports == [] and xapi.snapshots() == [] and xapi.live_sessions() == 0
         assert xapi.vm(name).power_state == power and xapi.vm(name).other_config == other_config
         assert not [call for call in xapi.calls if call[0] in ("VM.clean_shutdown", "VM.snapshot", "VM.start")]
+
+
+@pytest.mark.parametrize("hosts, extra, words", [
+    ({"kvm1": KVM_HOST, "kvm2": KVM_HOST}, [], "VM app07: kvm_host (not set) is not a host of the inventory group kvm_hosts"),
+    ({"kvm1": KVM_HOST}, ["-e", "xen_host=pool9"],
+     "VM app07: xen_host pool9 must be a host of the inventory group xen_hosts (it has pool1, pool2)"),
+    ({"kvm1": KVM_HOST}, [], "VM app07 is not in the inventory group xen_vms (give -e xva=PATH to add it) and no "
+                             "single pool to find it on (group xen_hosts has 2 hosts; give -e xen_host=POOL)"),
+])
+def test_a_vm_from_the_command_line_needs_one_pool_and_one_kvm_host(tmp_path, hosts, extra, words):
+    pools = {"pool1": {}, "pool2": {}} if hosts.keys() == {"kvm1"} else {"pool1": {}}
+    inv = {"all": {"children": {"kvm_hosts": {"hosts": hosts}, "xen_hosts": {"hosts": pools}}}}
+    rc, output = play(tmp_path, inv, "-e", "vm=app07", "-e", "report_dir=%s" % (tmp_path / "reports"), *extra)
+    assert rc != 0
+    assert words in " ".join(output.split()), output
+    assert "Migrate each VM" not in output
