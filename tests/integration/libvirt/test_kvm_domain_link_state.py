@@ -6,7 +6,12 @@ The running domains boot from empty images (no guest OS: SeaBIOS finds nothing t
 which is enough for libvirt and QEMU to hold the NICs; their link state is read back from the
 live and the inactive XML, and the qemu process is the same before and after the switch.  NICs are user-mode (``<interface type='user'>``).
 """
+import glob
+import gzip
+import os
+import shutil
 import subprocess
+import time
 import uuid
 import xml.etree.ElementTree as ET
 
@@ -117,6 +122,26 @@ def test_defined_down_rerun_unchanged_then_up_with_diff(conn, domain_name, qemu_
     assert not r["changed"], r
 
 
+def test_kvm_import_role_passes_link_state(conn, domain_name, qemu_tmp):
+    from role_run import run_role
+    role_vars = {"kvm_import_spec": make_spec("Link VM"), "kvm_import_disks": make_image(qemu_tmp, domain_name),
+                 "kvm_import_network_map": NETMAP, "kvm_import_domain_type": "qemu",
+                 "kvm_import_name": domain_name, "kvm_import_boot_check": False}
+    saved, _output = run_role("kvm_import", dict(role_vars, kvm_import_link_state="down"), save=["kvm_import_domain"])
+    assert saved["kvm_import_domain"]["changed"]
+    assert inactive(conn, domain_name) == all_links("down")
+
+    saved, _output = run_role("kvm_import", dict(role_vars, kvm_import_link_state="down"), save=["kvm_import_domain"])
+    assert not saved["kvm_import_domain"]["changed"]
+
+    saved, _output = run_role("kvm_import", role_vars, save=["kvm_import_domain"])  # the default: up
+    assert saved["kvm_import_domain"]["changed"]
+    assert inactive(conn, domain_name) == all_links("up")
+
+    _saved, output = run_role("kvm_import", dict(role_vars, kvm_import_link_state="off"), expect_fail=True)
+    assert "kvm_import_link_state" in output and "up, down" in output
+
+
 # ------------------------------------------------------------------------------ running
 
 
@@ -213,3 +238,120 @@ def test_links_only_refuses_missing_and_foreign_domains(conn, domain_name, run_m
     assert r.get("failed")
     assert "no xen2kvm metadata" in r["msg"] and "force" in r["msg"]
     assert inactive(conn, domain_name) == {MACS[0]: "down"}
+
+
+# ------------------------------------------------------------------------------ in the guest
+
+# Loaded in this order (modules.dep): the guest's virtio NIC driver and what it needs.
+NIC_MODULES = ("kernel/drivers/virtio/virtio.ko", "kernel/drivers/virtio/virtio_ring.ko",
+               "kernel/drivers/virtio/virtio_pci_modern_dev.ko", "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
+               "kernel/drivers/virtio/virtio_pci.ko", "kernel/net/core/failover.ko",
+               "kernel/drivers/net/net_failover.ko", "kernel/drivers/net/virtio_net.ko")
+
+# The guest brings its NIC up, prints the carrier it sees, shows a login prompt (what the boot check
+# waits for) and then prints the carrier again each time it changes.
+CARRIER_INIT = """#!/bin/sh
+bb=/bin/busybox
+$bb mount -t devtmpfs dev /dev
+$bb mount -t sysfs sys /sys
+for m in %s; do $bb insmod /modules/$m || echo "x2k-insmod-failed $m"; done
+nic=$($bb ls /sys/class/net | $bb grep -v '^lo$' | $bb head -n 1)
+$bb ip link set "$nic" up
+$bb sleep 1
+last=$($bb cat /sys/class/net/$nic/carrier)
+echo "x2k-carrier=$last ($nic)"
+printf "x2k-link login: \\n"
+while :; do
+  now=$($bb cat /sys/class/net/$nic/carrier)
+  if [ "$now" != "$last" ]; then echo "x2k-carrier=$now ($nic)"; last=$now; fi
+  $bb sleep 0.3
+done
+""" % " ".join(os.path.basename(m) for m in NIC_MODULES)
+
+X2K_METADATA = ("<metadata><x2k:migration xmlns:x2k='urn:xen2kvm:migration:1'><x2k:source-name>Link VM"
+                "</x2k:source-name></x2k:migration></metadata>")
+
+
+def _kernel_with_modules():
+    """(kernel, modules dir) of an installed kernel that has the virtio NIC modules, or skip."""
+    for kernel in sorted(glob.glob("/boot/vmlinuz-*"), reverse=True):
+        modules = "/lib/modules/%s" % kernel.split("vmlinuz-", 1)[1]
+        if all(os.path.isfile(os.path.join(modules, m)) for m in NIC_MODULES):
+            return kernel, modules
+    pytest.skip("no /boot/vmlinuz-* with the virtio_net modules (uncompressed) in /lib/modules")
+
+
+def _append_modules(initramfs, modules_dir, work):
+    """Append a second cpio archive holding the NIC modules under /modules: the kernel unpacks
+    concatenated archives one after the other."""
+    if not shutil.which("cpio"):
+        pytest.skip("cpio missing")
+    tree = work / "modules-tree"
+    (tree / "modules").mkdir(parents=True)
+    for module in NIC_MODULES:
+        shutil.copyfile(os.path.join(modules_dir, module), str(tree / "modules" / os.path.basename(module)))
+    names = "modules\n" + "".join("modules/%s\n" % os.path.basename(m) for m in NIC_MODULES)
+    archive = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=names.encode(), cwd=str(tree),
+                             stdout=subprocess.PIPE, check=True).stdout
+    with open(initramfs, "ab") as f:
+        f.write(gzip.compress(archive, 6))
+
+
+def _carrier_lines(name):
+    with open("/var/log/libvirt/qemu/%s-serial.log" % name, errors="replace") as f:
+        return [line.strip() for line in f if line.startswith("x2k-carrier=") or "x2k-insmod-failed" in line]
+
+
+@pytest.mark.slow
+def test_guest_boots_with_links_down_and_sees_the_cable_plugged_in_live(conn, domain_name, qemu_tmp,
+                                                                         boot_kit, run_module):
+    """The boot check proves the boot with the links down (serial console, no network), the guest
+    sees no carrier, and the cut-over (links-only kvm_domain) gives it one without a restart."""
+    kernel, modules_dir = _kernel_with_modules()
+    local_kernel = qemu_tmp / "vmlinuz"
+    shutil.copyfile(kernel, str(local_kernel))
+    os.chmod(str(local_kernel), 0o644)
+    initramfs = boot_kit["make_initramfs"](domain_name, CARRIER_INIT)
+    _append_modules(initramfs, modules_dir, qemu_tmp)
+    xml = """<domain type='qemu'>
+  <name>{name}</name>
+  {metadata}
+  <memory unit='MiB'>192</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{kernel}</kernel><initrd>{initrd}</initrd>
+    <cmdline>console=ttyS0 panic=-1 tsc=unstable</cmdline></os>
+  <features><acpi/><apic/></features>
+  <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
+  <devices>
+    <interface type='user'><mac address='{mac}'/><model type='virtio'/><link state='down'/></interface>
+    <serial type='pty'><log file='/var/log/libvirt/qemu/{name}-serial.log' append='off'/><target port='0'/></serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+    <memballoon model='none'/>
+  </devices>
+</domain>""".format(name=domain_name, metadata=X2K_METADATA, kernel=local_kernel, initrd=initramfs, mac=MACS[0])
+    conn.defineXML(xml)
+
+    r = run_module("kvm_boot_check", {"name": domain_name, "timeout": 300, "wait_for": "login",
+                                      "poll_interval": 0.5})
+    assert not r.get("failed"), r
+    assert r["method"] == "login" and r["started"]
+    assert not any("x2k-insmod-failed" in line for line in _carrier_lines(domain_name)), _carrier_lines(domain_name)
+    assert [line.split()[0] for line in _carrier_lines(domain_name)] == ["x2k-carrier=0"]
+    pid = qemu_pid(domain_name)
+
+    r = run_module("kvm_domain", {"name": domain_name, "link_state": "up"})
+    assert not r.get("failed"), r
+    assert r["changed"] and r["link_changes"] == [{"mac": MACS[0], "live": True, "config": True}]
+    deadline = time.monotonic() + 60
+    while [line.split()[0] for line in _carrier_lines(domain_name)] != ["x2k-carrier=0", "x2k-carrier=1"]:
+        assert time.monotonic() < deadline, _carrier_lines(domain_name)
+        time.sleep(0.5)
+    assert qemu_pid(domain_name) == pid
+    assert live(conn, domain_name) == {MACS[0]: "up"} == inactive(conn, domain_name)
+
+    r = run_module("kvm_domain", {"name": domain_name, "link_state": "down"})  # and pulled again
+    assert not r.get("failed"), r
+    deadline = time.monotonic() + 60
+    while [line.split()[0] for line in _carrier_lines(domain_name)][-1:] != ["x2k-carrier=0"]:
+        assert time.monotonic() < deadline, _carrier_lines(domain_name)
+        time.sleep(0.5)
