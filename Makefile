@@ -2,7 +2,8 @@
 #
 # Every target that needs tools first runs scripts/install-deps.sh (Debian packages + .venv);
 # it takes well under a second when everything is there.  `make test` runs, in order and stopping
-# at the first failure: unit, integration, molecule, sanity, lint.
+# at the first failure: unit, lanes (integration in two lanes at once, Molecule in the second:
+# scripts/lanes.sh), sanity, lint.
 
 SHELL        := /bin/bash
 .SHELLFLAGS  := -eu -o pipefail -c
@@ -34,12 +35,12 @@ define pytest_dir
 	exit $$rc
 endef
 
-.PHONY: help install test test-all unit integration molecule sanity lint demo bench build changelog clean distclean collection-link
+.PHONY: help install test test-all unit integration lanes integration-lane1 integration-lane2 molecule sanity lint demo bench build changelog clean distclean collection-link
 
 help:
 	@echo "make demo         build a sample Xen VM, migrate it into local libvirt, show it booting"
 	@echo "make test         install deps, then unit + integration + molecule + sanity + lint (stops at first failure);"
-	@echo "                  integration boots one test guest per code path"
+	@echo "                  integration boots one test guest per code path, in two lanes at once (scripts/lanes.sh)"
 	@echo "make test-all     the same, booting every test guest variant"
 	@echo "make install      Debian packages + .venv (idempotent; scripts/install-deps.sh)"
 	@echo "make unit         pytest tests/unit            (PYTEST_ARGS=...)"
@@ -59,7 +60,7 @@ install:
 
 test: install
 	@start=$$(date +%s); \
-	for step in unit integration molecule sanity lint; do \
+	for step in unit lanes sanity lint; do \
 	  t0=$$(date +%s); \
 	  $(MAKE) --no-print-directory SKIP_INSTALL=1 $$step; \
 	  echo "==> $$step passed in $$(( $$(date +%s) - t0 ))s"; \
@@ -74,6 +75,18 @@ INTEGRATION_SELECT := $(if $(ALL_VARIANTS),,-m "not all_variants")
 
 integration: $(INSTALL)
 	$(call pytest_dir,tests/integration $(INTEGRATION_SELECT))
+
+# make test runs the integration tests in two lanes at once, Molecule after lane 2 (scripts/lanes.sh).
+LANE_SELECT := $(if $(ALL_VARIANTS),,not all_variants and )
+
+lanes: $(INSTALL)
+	@$(REPO)/scripts/lanes.sh
+
+integration-lane1: $(INSTALL)
+	$(call pytest_dir,tests/integration -m "$(LANE_SELECT)not second_lane")
+
+integration-lane2: $(INSTALL)
+	$(call pytest_dir,tests/integration -m "$(LANE_SELECT)second_lane")
 
 test-all:
 	@$(MAKE) --no-print-directory ALL_VARIANTS=1 test

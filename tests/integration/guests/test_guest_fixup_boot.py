@@ -13,11 +13,11 @@ import pytest
 import ansible_run
 import guest_factory
 from guestfs_build import LAYOUTS
+from host_leftovers import held_on_host
 from qemu_boot import QemuGuest
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.fixup import FixupError, fix_guest
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import loops_for_file
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import mbr_boot_loader
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva
 
@@ -49,10 +49,7 @@ def _boot_code(image):
 
 
 def nothing_left_behind(images):
-    for image in images:
-        assert loops_for_file(image) == [], "loop devices left on %s" % image
-    with open("/proc/mounts") as handle:
-        assert "xen2kvm" not in handle.read()
+    assert held_on_host(images) == [], "left on the host for %s" % images
 
 
 def run_logged_in(vm, command):

@@ -38,7 +38,8 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert imp
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python (Debian: python3-libvirt) missing")
 libvirt_qemu = pytest.importorskip("libvirt_qemu", reason="libvirt-python (libvirt_qemu) missing")
 
-pytestmark = [pytest.mark.slow, pytest.mark.root]
+# second_lane: only the appliance and libvirt, no host mounts; make test runs it beside the rest
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.second_lane]
 
 VARIANTS = ("deb12-lvm", "ubuntu-like", "deb12-btrfs", "deb12-uefi")
 WORKERS = 2                      # the machine has two cores: two TCG guests at a time

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The middle of `make test`: the integration tests in two lanes at once, because a TCG guest or
+# the libguestfs appliance keeps one core busy and the machines have two.
+#   lane 1 (foreground): integration tests not marked second_lane
+#   lane 2 (beside it):  integration tests marked second_lane (the layout boots, the hostile
+#                        guest in the appliance), then Molecule; its lines are prefixed "[lane 2]"
+# Both lanes run to the end; the exit status is non-zero when either failed. Each lane runs in its
+# own session; a signal to this script stops both sessions. Lane 2 has its own XDG_CACHE_HOME: the KVM
+# host slots of its playbooks (Molecule) must not hold up the slot tests of lane 1.
+set -uo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+MAKE_CMD=(make --no-print-directory SKIP_INSTALL=1)
+
+"$REPO/scripts/libvirtd-up.sh"       # started once here, not raced by two pytest sessions
+"${MAKE_CMD[@]}" collection-link
+
+lane2_log=$(mktemp /tmp/xen2kvm-lane2.XXXXXX)
+mkdir -p "$REPO/build/lane2-cache"
+setsid -w bash -c '
+  t0=$(date +%s)
+  XDG_CACHE_HOME="$1/build/lane2-cache" "${@:2}" integration-lane2 || exit $?
+  echo "==> integration lane 2 passed in $(( $(date +%s) - t0 ))s"
+  t0=$(date +%s)
+  XDG_CACHE_HOME="$1/build/lane2-cache" "${@:2}" molecule || exit $?
+  echo "==> molecule passed in $(( $(date +%s) - t0 ))s"
+' lane2 "$REPO" "${MAKE_CMD[@]}" > >(sed -u 's/^/[lane 2] /' | tee "$lane2_log") 2>&1 &
+lane2=$!
+t0=$(date +%s)
+setsid -w "${MAKE_CMD[@]}" integration-lane1 &   # in the background too, so a signal reaches the trap at once
+lane1=$!
+stop_lanes() {
+  kill -TERM -- "-$lane2" 2>/dev/null
+  kill -TERM -- "-$lane1" 2>/dev/null
+  wait 2>/dev/null
+}
+trap 'stop_lanes; rm -f "$lane2_log"; exit 130' INT TERM HUP
+
+wait "$lane1"
+rc1=$?
+echo "==> integration lane 1 $([[ $rc1 -eq 0 ]] && echo passed || echo FAILED) in $(( $(date +%s) - t0 ))s"
+wait "$lane2"
+rc2=$?
+trap - INT TERM HUP
+sleep 0.2  # the prefixing sed flushes its last lines
+if [[ $rc2 -ne 0 ]]; then
+  echo "==> lane 2 FAILED (exit $rc2); its last lines:"
+  tail -n 60 "$lane2_log"
+fi
+rm -f "$lane2_log"
+exit $(( rc1 != 0 ? rc1 : rc2 ))
