@@ -206,11 +206,13 @@ def migrate_and_prove(variant, base, conn):
         again = ansible_run.run_module("guest_fixup", fixup_args)
         out["rerun_seconds"] = round(time.monotonic() - t0, 1)
         out["rerun_changed"] = again["changed"]
+        out["rerun_phases"] = again.get("seconds")
         out["rerun_changes"] = again.get("changes")
     finally:
         _remove_domain(conn, name)
         shutil.rmtree(str(work), ignore_errors=True)
-        row = {k: out.get(k) for k in ("variant", "fixup_seconds", "rerun_seconds", "login_seconds", "fixup_phases")}
+        row = {k: out.get(k) for k in ("variant", "fixup_seconds", "rerun_seconds", "login_seconds", "fixup_phases",
+                                       "rerun_phases")}
         row["completed"] = "rerun_seconds" in out
         row["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         print("\nlayout %(variant)s: fixup %(fixup_seconds)s s, login after %(login_seconds)s s, "
