@@ -147,6 +147,11 @@ def apply(guest, facts, engine, mapping, apt, ifnames0=False):
         if result is not None and result.returncode != 0:
             raise BootloaderError("grub-install failed: %s" % (result.stderr or result.stdout).strip()[-2000:])
         guest.write(GRUB_MARKER, "%s (hd0)\n" % " ".join(argv), "remember that the boot code was written for KVM")
+    elif not guest.exists(GRUB_MARKER):
+        # Recorded too, so a rerun after the guest's own first-boot grub-install (which a hard
+        # power-off may have cut short) does not take the guest for one without boot code.
+        guest.write(GRUB_MARKER, "kept: the guest's own GRUB (boot.img in the MBR, core.img in /boot/grub/i386-pc)\n",
+                    "remember that the guest's own boot code serves on KVM")
     if guest.check_mode:
         if needs_grub_mkconfig(guest, facts):
             guest.run(["grub-mkconfig", "-o", GRUB_CFG], "a grub.cfg with root=UUID= for KVM")
