@@ -19,8 +19,8 @@ options:
       - A pool member answers with an error naming the master; give the master.
       - If not set, the environment variable C(XENSERVER_HOST) is used (as community.general's
         xenserver modules do).
+      - Required with O(transport=xapi) (the default); not used with O(transport=ssh).
     type: str
-    required: true
   username:
     description:
       - The XAPI user. If not set, the environment variable C(XENSERVER_USER) is used.
@@ -49,5 +49,6 @@ notes:
   - One XAPI session per task, logged out when the task ends, also when it fails or is stopped
     by SIGTERM, SIGINT or SIGHUP.
 requirements:
-  - XenAPI (the XenAPI Python SDK, C(pip install XenAPI)) on the host the module runs on
+  - XenAPI (the XenAPI Python SDK, C(pip install XenAPI)) on the host the module runs on, with
+    O(transport=xapi)
 """

@@ -22,6 +22,7 @@ author:
   - xen2kvm developers (@xen2kvm)
 extends_documentation_fragment:
   - xen2kvm.migration.xapi
+  - xen2kvm.migration.xapi_ssh
   - xen2kvm.migration.attributes.read_only
 options:
   name:

@@ -23,6 +23,7 @@ author:
   - xen2kvm developers (@xen2kvm)
 extends_documentation_fragment:
   - xen2kvm.migration.xapi
+  - xen2kvm.migration.xapi_ssh
 attributes:
   check_mode:
     support: full

@@ -21,7 +21,9 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._xapi.spec impor
 def vm_info(client, name=None, uuid=None):
     """xen_vm_info's result: the VM (uuid, name, power state, host, tags, mark) and its spec."""
     vm_ref, record = find_vm(client, name=name, uuid=uuid)
-    return {"changed": False, "vm": vm_summary(client, record), "spec": live_spec(client, vm_ref, record)}
+    # xe prints no VBD/VIF records in one go; over ssh the spec comes from xva_info on the export
+    spec = None if getattr(client, "export_src", None) else live_spec(client, vm_ref, record)
+    return {"changed": False, "vm": vm_summary(client, record), "spec": spec}
 
 
 def export_action(client, state, name=None, uuid=None, mode="snapshot", shutdown_timeout=600, compression="zstd",

@@ -42,6 +42,12 @@ def export_url(pool, uuid, compression):
     return "%s/export?%s" % (pool.rstrip("/"), urlencode(query))
 
 
+def _export_src(client, uuid, compression):
+    """Where xva_convert reads the export: the client's own source (xe over ssh) or XAPI's /export."""
+    own_source = getattr(client, "export_src", None)
+    return own_source(uuid, compression) if own_source else export_url(client.pool, uuid, compression)
+
+
 def snapshot_name(vm_name, now=None):
     """``xen2kvm-<vm name>-<UTC time>``: whose it is and when, in XenCenter's snapshot list."""
     return "%s%s-%s" % (SNAPSHOT_PREFIX, vm_name, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)))
@@ -126,7 +132,7 @@ def prepare_export(client, vm_ref, vm_record, mode, shutdown_timeout, compressio
     power_state = vm_record.get("power_state")
     result = {"changed": False, "power_state_before": power_state, "mode": mode, "swept": [],
               "snapshot_uuid": None, "stopped": False, "exported_uuid": vm_record.get("uuid"),
-              "export_src": export_url(client.pool, vm_record.get("uuid"), compression)}
+              "export_src": _export_src(client, vm_record.get("uuid"), compression)}
     if mode == "snapshot":
         result["swept"] = sweep_stale_snapshots(client, vm_record, check_mode)
         result["changed"] = True
@@ -135,7 +141,7 @@ def prepare_export(client, vm_ref, vm_record, mode, shutdown_timeout, compressio
             return result
         _snap_ref, snap_uuid = _take_snapshot(client, vm_ref, vm_record, now)
         result.update(snapshot_uuid=snap_uuid, exported_uuid=snap_uuid,
-                      export_src=export_url(client.pool, snap_uuid, compression))
+                      export_src=_export_src(client, snap_uuid, compression))
         return result
     if power_state == "Halted":
         return result

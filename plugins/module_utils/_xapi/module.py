@@ -14,13 +14,23 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_requ
 from ansible_collections.xen2kvm.migration.plugins.module_utils._interrupt import SignalGuard
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xapi.session import (
     HAS_XENAPI, XapiError, xapi_session)
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xapi.xe_ssh import xe_ssh_session
 
 XAPI_ARGUMENT_SPEC = dict(
-    xapi_url=dict(type="str", required=True, fallback=(env_fallback, ["XENSERVER_HOST"])),
+    xapi_url=dict(type="str", fallback=(env_fallback, ["XENSERVER_HOST"])),
     username=dict(type="str", default="root", fallback=(env_fallback, ["XENSERVER_USER"])),
     password=dict(type="str", no_log=True, fallback=(env_fallback, ["XENSERVER_PASSWORD"])),
     validate_certs=dict(type="bool", default=True, fallback=(env_fallback, ["XENSERVER_VALIDATE_CERTS"])),
     ca_path=dict(type="path"),
+    # transport ssh (doc fragment xapi_ssh): xe on the Xen host over ssh, for sites whose XAPI
+    # HTTPS the KVM host cannot reach
+    transport=dict(type="str", default="xapi", choices=["xapi", "ssh"]),
+    ssh_host=dict(type="str"),
+    ssh_user=dict(type="str", default="root"),
+    ssh_port=dict(type="int"),
+    ssh_private_key=dict(type="path"),
+    ssh_options=dict(type="list", elements="str", default=[]),
+    xe_path=dict(type="str", default="xe"),
 )
 
 VM_SELECTOR_SPEC = dict(name=dict(type="str"), uuid=dict(type="str"))
@@ -39,19 +49,20 @@ def xapi_module(argument_spec, require_vm=True, **kwargs):
     kwargs.setdefault("mutually_exclusive", []).append(("name", "uuid"))
     if require_vm:
         kwargs.setdefault("required_one_of", []).append(("name", "uuid"))
+    kwargs.setdefault("required_if", []).extend([("transport", "xapi", ("xapi_url",)),
+                                                 ("transport", "ssh", ("ssh_host",))])
     return AnsibleModule(argument_spec=spec, supports_check_mode=True, **kwargs)
 
 
 def run_with_pool(module, action):
     """``action(client)`` in a session to the pool; exits the module with its result dict."""
-    if not HAS_XENAPI:
+    if params_transport(module) == "xapi" and not HAS_XENAPI:
         module.fail_json(msg=missing_required_lib("XenAPI", reason="to talk to XAPI (pip install XenAPI)"))
     params = module.params
     try:
         with SignalGuard(lambda name: Interrupted("stopped by %s; cleaned up what this run had started" % name)) \
                 as guard:
-            with xapi_session(params["xapi_url"], params["username"], params["password"],
-                              params["validate_certs"], params["ca_path"]) as client:
+            with _pool_client(params) as client:
                 client.signal_guard = guard
                 result = action(client)
     except XapiError as exc:
@@ -60,3 +71,16 @@ def run_with_pool(module, action):
     if module._diff and diff is not None:
         result["diff"] = diff
     module.exit_json(**result)
+
+
+def params_transport(module):
+    return module.params.get("transport") or "xapi"
+
+
+def _pool_client(params):
+    """The XenAPI session (transport xapi) or xe over ssh (transport ssh): the same ``call``."""
+    if (params.get("transport") or "xapi") == "ssh":
+        return xe_ssh_session(params["ssh_host"], params["ssh_user"], params["ssh_port"], params["ssh_private_key"],
+                              params["ssh_options"], params["xe_path"])
+    return xapi_session(params["xapi_url"], params["username"], params["password"], params["validate_certs"],
+                        params["ca_path"])

@@ -93,6 +93,70 @@ class SshSource:
     def label(self):
         return "%s%s:%s" % ("%s@" % self.user if self.user else "", self.host, self.path)
 
+    def remote_command(self):
+        return "cat -- %s" % shlex.quote(self.path)
+
+
+XE_SSH_SCHEME = "xe+ssh://"
+XE_COMPRESS = {"zstd": "zstd", "gzip": "true", "none": "false"}  # ours -> xe's compress= (true is gzip)
+_UUID = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
+
+
+class XeExportSource(SshSource):
+    """``xe vm-export uuid=UUID filename= compress=...`` run on a Xen host over ssh: the export
+    written to xe's standard output (empty ``filename=``), for sites whose XAPI HTTPS the KVM host
+    cannot reach.  ``xe`` is the command's path on the Xen host."""
+
+    def __init__(self, host, uuid, compress="zstd", user=None, port=None, xe="xe"):
+        SshSource.__init__(self, host, "", user, port)
+        self.uuid = uuid
+        self.compress = compress
+        self.xe = xe
+
+    def url(self):
+        netloc = ("%s@" % self.user if self.user else "") + self.host + (":%d" % self.port if self.port else "")
+        query = [("uuid", self.uuid), ("compress", self.compress)] + ([("xe", self.xe)] if self.xe != "xe" else [])
+        return "%s%s/?%s" % (XE_SSH_SCHEME, netloc, urlencode(query, safe="/"))
+
+    def label(self):
+        return self.url()
+
+    def remote_command(self):
+        return " ".join(shlex.quote(word) for word in (
+            self.xe, "vm-export", "uuid=%s" % self.uuid, "filename=", "compress=%s" % XE_COMPRESS[self.compress]))
+
+
+def parse_xe_source(src):
+    """An :class:`XeExportSource` from ``xe+ssh://[user@]host[:port]/?uuid=UUID[&compress=zstd|gzip|none]
+    [&xe=/path/to/xe]``."""
+    parts = urlsplit(src)
+    where = _ssh_host_only(src)
+    if parts.password is not None:
+        raise SourceError("an xe+ssh:// source takes no password (ssh runs in batch mode): use a key, "
+                          "ssh_private_key or the ssh agent")
+    if not parts.hostname:
+        raise SourceError("%s names no host" % where)
+    try:
+        port = parts.port
+    except ValueError:
+        raise SourceError("%s: the port is not a number from 1 to 65535" % where)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(query) - {"uuid", "compress", "xe"})
+    if parts.path not in ("", "/") or parts.fragment or unknown:
+        raise SourceError("%s: an xe+ssh:// source is xe+ssh://[user@]host[:port]/?uuid=UUID&compress=zstd|gzip|none"
+                          "%s" % (where, " (unknown: %s)" % ", ".join(unknown) if unknown else ""))
+    if not _UUID.match(query.get("uuid", "")):
+        raise SourceError("%s: uuid= must be the uuid of the VM or snapshot to export, not %r"
+                          % (where, query.get("uuid", "")))
+    compress = query.get("compress", "zstd")
+    if compress not in XE_COMPRESS:
+        raise SourceError("%s: compress= must be one of zstd, gzip, none, not %r" % (where, compress))
+    xe = query.get("xe", "xe")
+    if xe != "xe" and not xe.startswith("/"):
+        raise SourceError("%s: xe= must be an absolute path to xe on the Xen host, not %r" % (where, xe))
+    return XeExportSource(parts.hostname, query["uuid"], compress, unquote(parts.username) if parts.username else None,
+                          port, xe)
+
 
 def is_ssh_source(src):
     """Whether ``src`` names a file on another host.
@@ -103,7 +167,7 @@ def is_ssh_source(src):
     ``./vm:1.xva``, stay local paths; anything with ``://`` is a URL, never scp's spelling.
     """
     src = os.fspath(src)
-    if src.startswith("ssh://"):
+    if src.startswith(("ssh://", XE_SSH_SCHEME)):
         return True
     if "://" in src:  # http://, https:// and schemes nobody supports are no scp spelling
         return False
@@ -118,6 +182,8 @@ def _ssh_host_only(src):
 def parse_ssh_source(src):
     """An :class:`SshSource` from ``ssh://[user@]host[:port]/abs/path`` or ``[user@]host:/abs/path``."""
     src = os.fspath(src)
+    if src.startswith(XE_SSH_SCHEME):
+        return parse_xe_source(src)
     if not src.startswith("ssh://"):
         match = _SCP_STYLE.match(src)
         if not match:
@@ -257,7 +323,7 @@ def redacted_source(src):
         try:
             return parse_ssh_source(src).url()
         except SourceError:
-            return _ssh_host_only(src) if src.startswith("ssh://") else src
+            return _ssh_host_only(src) if src.startswith(("ssh://", XE_SSH_SCHEME)) else src
     if not is_url(src):
         return src
     parts = urlsplit(src)
@@ -454,7 +520,7 @@ def ssh_command(source, ssh_options=None, ssh_private_key=None, timeout=DEFAULT_
         argv += ["-p", str(source.port)]
     if source.user:
         argv += ["-l", source.user]
-    return argv + ["--", source.host, "cat -- %s" % shlex.quote(source.path)]
+    return argv + ["--", source.host, source.remote_command()]
 
 
 def _looks_like_ssh_option(option):
