@@ -322,6 +322,7 @@ NOT_EXPOSED = {
     "kvm_domain": {"state": "the role defines the domain; kvm_boot_check starts it",
                    "remove_disks": "only with state=absent",
                    "migrated_at": "recorded by the module at the first run"},
+    "xen_vm_export": {"name": "the role exports the VM by the uuid xen_vm_info found (a name may be ambiguous)"},
     "kvm_boot_check": {"name": "the domain the role just defined",
                        "start": "starting the VM is the point of the boot check",
                        "console_log": "the serial log of the domain the role defined",
@@ -330,7 +331,12 @@ NOT_EXPOSED = {
 
 
 def _role_spec(role):
-    return _load_yaml(role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+    """The options of every entry point of the role (main, and e.g. xen_source's export, release...)."""
+    options = {}
+    for spec in _load_yaml(role / "meta" / "argument_specs.yml")["argument_specs"].values():
+        for name, opt in (spec.get("options") or {}).items():
+            options.setdefault(name, opt)
+    return options
 
 
 def _role_defaults(role):
@@ -339,7 +345,18 @@ def _role_defaults(role):
 
 
 def _role_tasks(role):
-    return _load_yaml(role / "tasks" / "main.yml") or []
+    """Every task of the role's task files (each entry point's and those they include), blocks opened."""
+    tasks = []
+    for path in sorted((role / "tasks").glob("*.yml")):
+        tasks.extend(_opened_blocks(_load_yaml(path) or []))
+    return tasks
+
+
+def _opened_blocks(tasks):
+    for task in tasks:
+        yield task
+        for key in ("block", "rescue", "always"):
+            yield from _opened_blocks(task.get(key) or [])
 
 
 class _AnyName(dict):
@@ -402,17 +419,22 @@ def test_role_defaults_match_the_spec_and_read_no_other_role(role):
         assert not _jinja_variables(value), f"{role.name}: default {name} reads {sorted(_jinja_variables(value))}"
 
 
+# Ansible's own variables a role may read besides its options.
+ANSIBLE_MAGIC = {"omit", "ansible_playbook_python"}
+
+
 @pytest.mark.parametrize("role", ROLES, ids=[p.name for p in ROLES])
 def test_role_tasks_read_only_their_own_options(role):
     spec = _role_spec(role)
     tasks = _role_tasks(role)
     registered = {t["register"] for t in tasks if "register" in t}
+    registered |= {name for t in tasks for name in (t.get("vars") or {})}  # a task's own vars
     read = set()
     for task in tasks:
         read |= _jinja_variables({k: v for k, v in task.items() if k != "name"})
         read |= _jinja_variables(["{{ %s }}" % w for w in (task.get("when") if isinstance(task.get("when"), list)
                                                            else [task["when"]] if "when" in task else [])])
-    foreign = sorted(read - set(spec) - registered - {"omit"})
+    foreign = sorted(read - set(spec) - registered - ANSIBLE_MAGIC)
     assert not foreign, f"{role.name}: tasks read variables that are not its options: {foreign}"
     unused = sorted(set(spec) - read)
     assert not unused, f"{role.name}: options never passed on: {unused}"
@@ -420,8 +442,10 @@ def test_role_tasks_read_only_their_own_options(role):
 
 @pytest.mark.parametrize("role", ROLES, ids=[p.name for p in ROLES])
 def test_role_exposes_the_module_options(role):
+    calls = {}  # a module a role calls in several tasks (one per state) exposes what any of them pass
     for module, args in _module_tasks(role):
-        passed = set(args)
+        calls.setdefault(module, set()).update(args)
+    for module, passed in calls.items():
         options = set(_module_options(REPO / "plugins" / "modules" / f"{module}.py"))
         left_out = options - passed - set(NOT_EXPOSED.get(module, {}))
         assert not left_out, f"role {role.name} does not expose {module} options {sorted(left_out)}"
@@ -568,8 +592,15 @@ def test_readme_supported_names_the_tested_versions(runtime):
         assert product in supported
 
 
+class _VaultLoader(yaml.SafeLoader):
+    """YAML as Ansible reads it: an inline ``!vault`` value is a string (still encrypted)."""
+
+
+_VaultLoader.add_constructor("!vault", lambda loader, node: loader.construct_scalar(node))
+
+
 def _readme_yaml_blocks():
-    return [yaml.safe_load(block) for block in
+    return [yaml.load(block, Loader=_VaultLoader) for block in  # noqa: S506 (a SafeLoader)
             re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.S)]
 
 
@@ -599,13 +630,15 @@ def test_docs_name_existing_make_targets_and_paths(doc):
 
 def test_readme_inventory_example_uses_only_documented_variables():
     """Every variable the README's site inventory sets on a KVM host or a VM is one docs/migrate.md describes."""
-    (inventory,) = [block for block in _readme_yaml_blocks() if isinstance(block, dict) and "all" in block]
-    groups = inventory["all"]["children"]
-    assert set(groups) == {"kvm_hosts", "xen_vms"}
-    names = set(groups["xen_vms"].get("vars") or {})
-    for group in groups.values():
-        for host_vars in group["hosts"].values():
-            names |= set(host_vars or {})
+    inventories = [block for block in _readme_yaml_blocks() if isinstance(block, dict) and "all" in block]
+    assert inventories, "README.md has no site inventory example"
     documented = set(re.findall(r"`([a-z_]+)`", (REPO / "docs" / "migrate.md").read_text(encoding="utf-8")))
-    undocumented = {name for name in names if not name.startswith("ansible_")} - documented
-    assert not undocumented, f"README inventory variables missing from docs/migrate.md: {sorted(undocumented)}"
+    for inventory in inventories:  # the XVA site, the live pool
+        groups = inventory["all"]["children"]
+        assert {"kvm_hosts", "xen_vms"} <= set(groups) <= {"kvm_hosts", "xen_vms", "xen_hosts"}, set(groups)
+        names = set(groups["xen_vms"].get("vars") or {})
+        for group in groups.values():
+            for host_vars in group["hosts"].values():
+                names |= set(host_vars or {})
+        undocumented = {name for name in names if not name.startswith("ansible_")} - documented
+        assert not undocumented, f"README inventory variables missing from docs/migrate.md: {sorted(undocumented)}"
