@@ -2,7 +2,8 @@
 # The middle of `make test`: the integration tests in two lanes at once, because a TCG guest or
 # the libguestfs appliance keeps one core busy and the machines have two.
 #   lane 1 (foreground): integration tests not marked second_lane
-#   lane 2 (beside it):  integration tests marked second_lane (the layout boots, the hostile
+#   lane 2 (beside it):  integration tests marked second_lane (the layout boots, the live-source
+#                        boots, the hostile
 #                        guest in the appliance), then Molecule; its lines are prefixed "[lane 2]"
 # Both lanes run to the end; the exit status is non-zero when either failed. Each lane runs in its
 # own session; a signal to this script stops both sessions. Lane 2 has its own XDG_CACHE_HOME: the KVM

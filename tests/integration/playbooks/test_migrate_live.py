@@ -96,6 +96,7 @@ def wait_until(check, seconds=30):
     return check()
 
 
+@pytest.mark.second_lane  # boots a guest; its checks look at its own VM only
 def test_snapshot_mode_killed_then_rerun_sweeps_and_migrates_with_links_down(qemu_tmp, conn, vm_names):
     name = vm_names("x2k-live-snap")
     images = qemu_tmp / "images"
@@ -142,6 +143,7 @@ def test_snapshot_mode_killed_then_rerun_sweeps_and_migrates_with_links_down(qem
         assert entries[name]["status"] == "unchanged", entries[name]
 
 
+@pytest.mark.second_lane  # boots a guest; its checks look at its own VM only
 def test_shutdown_mode_leaves_the_source_halted_and_marked_and_a_rerun_sees_the_mark(qemu_tmp, conn, vm_names):
     name = vm_names("x2k-live-shut")
     xva = guest_xva(qemu_tmp, name)
@@ -169,6 +171,7 @@ def test_shutdown_mode_leaves_the_source_halted_and_marked_and_a_rerun_sees_the_
         assert entries[name]["status"] == "unchanged", entries[name]
 
 
+@pytest.mark.second_lane  # boots a guest; its checks look at its own VM only
 def test_a_failed_boot_check_starts_the_source_again_and_unmarks_it(qemu_tmp, conn, vm_names):
     """The boot check gives up after 3 s (a TCG guest needs far longer): the domain is powered off,
     the source that shutdown mode stopped runs again, without a mark; the report says so."""
