@@ -28,6 +28,10 @@ options:
         the remote host key must be in known_hosts unless O(ssh_options) says otherwise) as
         C(ssh -- host cat -- PATH); nothing is copied to the target host. Closing early or
         failing kills and reaps ssh.
+      - C(xe+ssh://[user@]host[:port]/?uuid=UUID&compress=zstd|gzip|none) (what
+        M(xen2kvm.migration.xen_vm_export) returns with C(transport=ssh)) runs
+        C(xe vm-export uuid=UUID filename= compress=...) on the Xen host the same way and reads the
+        export from xe's standard output (C(&xe=/path/to/xe) when xe is not on the PATH).
       - Redirects are followed and no Content-Length is needed.
       - A password in the URL (C(https://user:pass@host/...)) and the values of C(session_id) and
         other credential-like query parameters are masked in the module result (also in

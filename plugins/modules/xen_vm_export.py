@@ -116,11 +116,37 @@ EXAMPLES = r"""
         state: released
         snapshot_uuid: "{{ export.snapshot_uuid | default(omit) }}"
       delegate_to: localhost
+
+- name: Where only ssh reaches the Xen host, xe does the same (the export streams over ssh)
+  block:
+    - name: Snapshot it with xe
+      xen2kvm.migration.xen_vm_export:
+        transport: ssh
+        ssh_host: xenhost1
+        ssh_options: [UserKnownHostsFile=/etc/xen2kvm/known_hosts]
+        name: web01
+      register: export
+
+    - name: Convert xe vm-export's standard output (export_src is an xe+ssh:// source)
+      xen2kvm.migration.xva_convert:
+        src: "{{ export.export_src }}"
+        ssh_options: [UserKnownHostsFile=/etc/xen2kvm/known_hosts]
+        dest: /var/lib/libvirt/images
+  always:
+    - name: Destroy the snapshot and its disks with xe
+      xen2kvm.migration.xen_vm_export:
+        transport: ssh
+        ssh_host: xenhost1
+        ssh_options: [UserKnownHostsFile=/etc/xen2kvm/known_hosts]
+        state: released
+        snapshot_uuid: "{{ export.snapshot_uuid | default(omit) }}"
 """
 
 RETURN = r"""
 export_src:
-  description: The C(/export) URL of the VM or its snapshot, without credentials.
+  description:
+    - The C(/export) URL of the VM or its snapshot, without credentials.
+    - With O(transport=ssh), the C(xe+ssh://) source that runs C(xe vm-export) on the Xen host.
   returned: state=prepared
   type: str
   sample: "https://xenhost1/export?uuid=0f5e...&use_compression=zstd"

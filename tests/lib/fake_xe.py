@@ -14,6 +14,7 @@ FAKE_XE_URL (http://127.0.0.1:PORT), FAKE_XE_USER, FAKE_XE_PASSWORD.
 """
 
 import base64
+import http.client
 import os
 import sys
 import urllib.error
@@ -219,14 +220,20 @@ class FakeXe:
         request = urllib.request.Request("%s/export?%s" % (self.url, query))
         token = base64.b64encode(("%s:%s" % (self.user, self.password)).encode()).decode()
         request.add_header("Authorization", "Basic " + token)
+        sent = 0
         with urllib.request.urlopen(request) as response:
             out = sys.stdout.buffer
-            while True:
-                data = response.read(CHUNK)
-                if not data:
-                    break
-                out.write(data)
-            out.flush()
+            try:
+                while True:
+                    data = response.read1(CHUNK)  # what arrived, as xe passes it on
+                    if not data:
+                        break
+                    out.write(data)
+                    out.flush()
+                    sent += len(data)
+            except (http.client.IncompleteRead, OSError) as exc:
+                # this fake's own wording: the export connection to xapi died midway
+                raise XeFailure("Error: the export from xapi ended after %d bytes: %s" % (sent, type(exc).__name__))
         return None
 
 

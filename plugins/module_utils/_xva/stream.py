@@ -96,6 +96,10 @@ class SshSource:
     def remote_command(self):
         return "cat -- %s" % shlex.quote(self.path)
 
+    def telling_lines(self, lines):
+        """The lines of the remote side's standard error worth a message: ssh and cat say it last."""
+        return lines[-3:]
+
 
 XE_SSH_SCHEME = "xe+ssh://"
 XE_COMPRESS = {"zstd": "zstd", "gzip": "true", "none": "false"}  # ours -> xe's compress= (true is gzip)
@@ -120,6 +124,10 @@ class XeExportSource(SshSource):
 
     def label(self):
         return self.url()
+
+    def telling_lines(self, lines):
+        """xe names the error first, then one line per parameter (the VM, expected, actual...)."""
+        return lines[:6]
 
     def remote_command(self):
         return " ".join(shlex.quote(word) for word in (
@@ -484,7 +492,7 @@ class _SshBody(_ReadIntoFromRead):
 def ssh_failure_message(source, code, stderr, received=0):
     """What went wrong reading ``source`` over ssh, from its exit status and standard error."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    said = "; ".join(lines[-3:]) or "no message"
+    said = "; ".join(source.telling_lines(lines)) or "no message"
     where = source.url()
     if received:  # the connection or the remote command died midway
         return "reading %s over ssh broke off after %d bytes (ssh exit %d): %s" % (where, received, code, said)

@@ -120,7 +120,8 @@ def test_halted_mode_refuses_a_running_vm_naming_it(pool, sshd):
 
 
 def test_exporting_a_running_vm_directly_fails_clearly(pool, sshd, tmp_path):
-    src = "xe+ssh://root@127.0.0.1:%d/?uuid=%s&compress=zstd&xe=%s" % (sshd.port, pool.vm("web01").uuid, pool.xe_path)
+    src = "xe+ssh://root@127.0.0.1:%d/?uuid=%s&compress=zstd&xe=%s" % (
+        sshd.port, pool.vm("web01").uuid, pool.xe_path)
     failed = run("xva_convert", convert_args(sshd, src, tmp_path / "images"), expect_fail=True)
     assert "wrong power state" in failed["msg"] and "running" in failed["msg"]
     assert not (tmp_path / "images").exists() or os.listdir(tmp_path / "images") == []
@@ -130,7 +131,7 @@ def test_a_cut_export_fails_clearly_and_released_over_ssh_destroys_the_snapshot(
     pool.cut_after = 300 * 1024  # xapi's connection dies mid-export: xe exits non-zero
     prepared = run("xen_vm_export", over_ssh(pool, sshd, name="web01"))
     failed = run("xva_convert", convert_args(sshd, prepared["export_src"], tmp_path / "images"), expect_fail=True)
-    assert "over ssh" in failed["msg"] and "broke off" in failed["msg"] or "truncated" in failed["msg"], failed["msg"]
+    assert "over ssh broke off after" in failed["msg"] and "export from xapi ended" in failed["msg"], failed["msg"]
     assert len(pool.snapshots()) == 1
     released = run("xen_vm_export", over_ssh(pool, sshd, state="released", snapshot_uuid=prepared["snapshot_uuid"]))
     assert released["changed"] is True and pool.snapshots() == []
@@ -138,8 +139,8 @@ def test_a_cut_export_fails_clearly_and_released_over_ssh_destroys_the_snapshot(
 
 def test_wrong_host_key_and_unreachable_host_are_named(pool, sshd, tmp_path):
     stranger = tmp_path / "known_hosts"
-    stranger.write_text("[127.0.0.1]:%d ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn6pgz0zW3S1cc8rP3dS0R3lJ6xvR1iFQmD8oB6c7Bz\n"
-                        % sshd.port)
+    key_type, other_key = sshd.other_key.with_suffix(".pub").read_text().split()[:2]  # not the server's key
+    stranger.write_text("[127.0.0.1]:%d %s %s\n" % (sshd.port, key_type, other_key))
     options = ["UserKnownHostsFile=%s" % stranger, "GlobalKnownHostsFile=/dev/null", "StrictHostKeyChecking=yes"]
     failed = run("xen_vm_export", over_ssh(pool, sshd, name="web01", ssh_options=options), expect_fail=True)
     assert "127.0.0.1" in failed["msg"] and "host key" in failed["msg"], failed["msg"]
@@ -158,8 +159,6 @@ def test_mark_and_power_over_ssh(pool, sshd):
     marked = run("xen_vm_mark", over_ssh(pool, sshd, name="db01", kvm_host="kvm1", domain="db01"))
     assert marked["changed"] is True and marked["mark"]["migrated_to"] == "kvm1/db01"
     assert "xen2kvm-migrated-to:kvm1/db01" in pool.vm("db01").tags
-    again = run("xen_vm_mark", over_ssh(pool, sshd, name="db01", kvm_host="kvm1", domain="db01"))
-    assert again["changed"] is False
     run("xen_vm_mark", over_ssh(pool, sshd, name="db01", state="absent"))
     assert pool.vm("db01").tags == [] and "xen2kvm_migrated_to" not in pool.vm("db01").other_config
 
