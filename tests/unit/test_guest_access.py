@@ -370,3 +370,16 @@ def test_check_mode_changes_nothing_at_all(tmp_path):
     assert snapshot(root) == before and calls == []
     assert [c["action"] for c in guest.changes] == ["edit", "create", "remove", "symlink", "run", "move"]
     assert guest.diffs[0]["before"].startswith("/dev/xvda1") and guest.diffs[1]["before"] == ""
+
+
+def test_paths_under_lists_files_links_and_directories_without_following_links(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/default/grub.d").mkdir(parents=True)
+    (root / "etc/default/grub.xen2kvm").write_text("old\n")
+    (root / "etc/default/grub.d/serial.cfg").write_text("x\n")
+    (root / "elsewhere").mkdir()
+    (root / "elsewhere/hidden").write_text("x\n")
+    os.symlink("../elsewhere", str(root / "etc/linked"))
+    assert HostTree(str(root)).paths_under("/etc") == [
+        "/etc/default", "/etc/default/grub.d", "/etc/default/grub.d/serial.cfg", "/etc/default/grub.xen2kvm",
+        "/etc/linked"]

@@ -125,6 +125,15 @@ class HostTree:
             names.extend(filenames)
         return names
 
+    def paths_under(self, path):
+        """Guest paths of everything below directory ``path`` (links are listed, not followed)."""
+        top = self.host(path)
+        found = []
+        for directory, dirnames, filenames in os.walk(top):
+            relative = os.path.relpath(directory, top)
+            found.extend(posixpath.normpath(posixpath.join(path, relative, name)) for name in dirnames + filenames)
+        return sorted(found)
+
     # -- changing
     def makedirs(self, path, mode=0o755):
         os.makedirs(self.host(path), mode=mode, exist_ok=True)
@@ -259,6 +268,13 @@ class GuestfsTree:
             return []
         # directories too: one call instead of a stat per entry (callers match file names)
         return [posixpath.basename(p) for p in self.g.find(self.realpath(path))]
+
+    def paths_under(self, path):
+        """Guest paths of everything below directory ``path`` (links are listed, not followed):
+        one ``find`` in the appliance, where a walk costs round trips per entry."""
+        if not self.is_dir(path):
+            return []
+        return sorted(posixpath.normpath(path.rstrip("/") + "/" + p) for p in self.g.find(self.realpath(path)))
 
     # -- changing
     def makedirs(self, path, mode=0o755):

@@ -179,23 +179,11 @@ class GuestEditor:
         backup tree, where no directory-reading program sees them."""
         moved = []
         for tree in LEGACY_BACKUP_TREES:
-            for path in self._files_below(tree):
+            for path in self.tree.paths_under(tree):
                 name = os.path.basename(path)
                 if name.endswith(LEGACY_BACKUP_SUFFIX) and name != LEGACY_BACKUP_SUFFIX:
-                    moved.append(self._relocate(path))
+                    moved.append(self._relocate(path))  # links and directories are left alone there
         return [path for path in moved if path]
-
-    def _files_below(self, top):
-        found = []
-        for name in self.tree.listdir(top):
-            path = top.rstrip("/") + "/" + name
-            if self.tree.is_link(path):
-                continue
-            if self.tree.is_dir(path):
-                found.extend(self._files_below(path))
-            else:
-                found.append(path)
-        return sorted(found)
 
     def _relocate(self, legacy):
         original = legacy[:-len(LEGACY_BACKUP_SUFFIX)]

@@ -208,7 +208,8 @@ def host_view(guest):
             names = []
             for _directory, dirnames, filenames in os.walk(tree.host(path)):
                 names.extend(dirnames + filenames)
-            walked[path] = {"files": sorted(tree.files_under(path)), "entries": sorted(names)}
+            walked[path] = {"files": sorted(tree.files_under(path)), "entries": sorted(names),
+                            "paths": tree.paths_under(path)}
         kernel = sorted(guest_glob(tree, "/boot/vmlinuz-*"))[-1]
         hostname = tree.read_bytes("/etc/hostname")
     return {"answers": seen, "links": links, "under": walked, "kernel": kernel, "hostname": hostname,
@@ -282,6 +283,14 @@ def test_files_under_lists_what_the_host_walk_finds(session, host_view):
         assert names == walked["entries"], path
         assert set(walked["files"]) <= set(names), path
     assert any(name.startswith("virtio_blk.ko") for name in session.tree.files_under("/lib/modules"))
+
+
+def test_paths_under_lists_the_same_paths_as_the_host_walk(session, host_view):
+    for path, walked in host_view["under"].items():
+        if path == "/var/run":
+            continue  # a link itself
+        assert session.tree.paths_under(path) == walked["paths"], path
+        assert all(p.startswith(path.rstrip("/") + "/") for p in walked["paths"]), path
 
 
 def test_a_link_into_proc_reads_as_on_the_host(session, host_view):
