@@ -87,6 +87,8 @@ spec:
     - The VM in the shape of M(xen2kvm.migration.xva_info)'s spec (docs/spec.md). A disk's
       C(ref) is its VDI's OpaqueRef here, C(source) describes the pool master, and
       C(source.export_vsn) is 0, as nothing was exported yet.
+    - Null with O(transport=ssh) (xe gives no records in one go): run
+      M(xen2kvm.migration.xva_info) on the C(export_src) of M(xen2kvm.migration.xen_vm_export) for it.
   returned: success
   type: dict
 """
