@@ -18,8 +18,9 @@ DEB_PACKAGES=(
   libvirt-daemon-system libvirt-clients ovmf
   # guest_fixup's default engine: the guest opened in the libguestfs appliance; netplan edits need yaml
   python3-guestfs libguestfs-tools python3-yaml
-  # the comparison in bench/fixup_compare.py
-  virt-v2v nbdkit
+  # the comparison in bench/fixup_compare.py (virt-v2v copies its output with nbdcopy, from libnbd-bin,
+  # which Debian's virt-v2v package does not pull in)
+  virt-v2v nbdkit libnbd-bin
   e2fsprogs dosfstools libxml2-utils util-linux rsync openssh-client
   # used by the test suites (guest file systems, initramfs listing) and by make sanity
   xfsprogs btrfs-progs initramfs-tools-core busybox-static
