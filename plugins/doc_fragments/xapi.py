@@ -52,3 +52,17 @@ requirements:
   - XenAPI (the XenAPI Python SDK, C(pip install XenAPI)) on the host the module runs on, with
     O(transport=xapi)
 """
+
+    # The VM a module works on, found by name or uuid (lookup.py).
+    VM = r"""
+options:
+  name:
+    description:
+      - The VM's name (name_label). Exactly one of O(name) and O(uuid) (C(xen_vm_export) with
+        O(xen2kvm.migration.xen_vm_export#module:state=released) needs neither).
+      - A name that several VMs share fails, listing their uuids.
+    type: str
+  uuid:
+    description: The VM's uuid.
+    type: str
+"""

@@ -32,6 +32,7 @@ author:
   - xen2kvm developers (@xen2kvm)
 extends_documentation_fragment:
   - xen2kvm.migration.xapi
+  - xen2kvm.migration.xapi.vm
   - xen2kvm.migration.xapi_ssh
 attributes:
   check_mode:
@@ -43,12 +44,6 @@ attributes:
     support: none
     description: The result says what was done (RV(swept), RV(snapshot_uuid), RV(stopped)).
 options:
-  name:
-    description: The VM's name (name_label). With O(state=prepared), exactly one of O(name) and O(uuid).
-    type: str
-  uuid:
-    description: The VM's uuid.
-    type: str
   state:
     description: C(prepared) readies the export, C(released) destroys the snapshot taken for it.
     type: str

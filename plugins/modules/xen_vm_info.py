@@ -22,15 +22,9 @@ author:
   - xen2kvm developers (@xen2kvm)
 extends_documentation_fragment:
   - xen2kvm.migration.xapi
+  - xen2kvm.migration.xapi.vm
   - xen2kvm.migration.xapi_ssh
   - xen2kvm.migration.attributes.read_only
-options:
-  name:
-    description: The VM's name (name_label). Exactly one of O(name) and O(uuid).
-    type: str
-  uuid:
-    description: The VM's uuid.
-    type: str
 requirements:
   - Python 3.11 on the host the module runs on (Debian 12's python3, the version tested)
   - XenAPI (the XenAPI Python SDK)
@@ -87,7 +81,7 @@ spec:
     - The VM in the shape of M(xen2kvm.migration.xva_info)'s spec (docs/spec.md). A disk's
       C(ref) is its VDI's OpaqueRef here, C(source) describes the pool master, and
       C(source.export_vsn) is 0, as nothing was exported yet.
-    - Null with O(transport=ssh) (xe gives no records in one go): run
+    - Null with O(transport=ssh) (xe gives no records in one go); run
       M(xen2kvm.migration.xva_info) on the C(export_src) of M(xen2kvm.migration.xen_vm_export) for it.
   returned: success
   type: dict

@@ -24,6 +24,7 @@ author:
   - xen2kvm developers (@xen2kvm)
 extends_documentation_fragment:
   - xen2kvm.migration.xapi
+  - xen2kvm.migration.xapi.vm
   - xen2kvm.migration.xapi_ssh
 attributes:
   check_mode:
@@ -33,12 +34,6 @@ attributes:
     support: full
     description: Shows the mark's other_config keys and tags before and after.
 options:
-  name:
-    description: The VM's name (name_label). Exactly one of O(name) and O(uuid).
-    type: str
-  uuid:
-    description: The VM's uuid.
-    type: str
   state:
     description: C(present) sets the mark, C(absent) removes it.
     type: str

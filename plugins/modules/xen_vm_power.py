@@ -23,6 +23,7 @@ author:
   - xen2kvm developers (@xen2kvm)
 extends_documentation_fragment:
   - xen2kvm.migration.xapi
+  - xen2kvm.migration.xapi.vm
   - xen2kvm.migration.xapi_ssh
 attributes:
   check_mode:
@@ -32,12 +33,6 @@ attributes:
     support: none
     description: The result shows the power state before and after.
 options:
-  name:
-    description: The VM's name (name_label). Exactly one of O(name) and O(uuid).
-    type: str
-  uuid:
-    description: The VM's uuid.
-    type: str
   state:
     description: C(running) starts a halted VM, C(halted) shuts a running one down cleanly.
     type: str

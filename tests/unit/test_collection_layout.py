@@ -280,9 +280,10 @@ def _module_options(path):
     options = dict(doc.get("options") or {})
     for frag in doc.get("extends_documentation_fragment") or []:
         if frag.startswith(FQCN + "."):
-            fragment = REPO / "plugins" / "doc_fragments" / (frag[len(FQCN) + 1:].split(".")[0] + ".py")
+            name, _dot, variable = frag[len(FQCN) + 1:].partition(".")  # xapi.vm: the VM attribute of xapi.py
+            fragment = REPO / "plugins" / "doc_fragments" / (name + ".py")
             for node in ast.walk(ast.parse(fragment.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DOCUMENTATION":
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == (variable.upper() or "DOCUMENTATION"):
                     options.update(yaml.safe_load(node.value.value).get("options") or {})
     return options
 
