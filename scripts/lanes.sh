@@ -10,7 +10,7 @@
 # host slots of its playbooks (Molecule) must not hold up the slot tests of lane 1.
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$REPO"
+cd "$REPO" || exit 1
 MAKE_CMD=(make --no-print-directory SKIP_INSTALL=1)
 
 "$REPO/scripts/libvirtd-up.sh"       # started once here, not raced by two pytest sessions
@@ -18,6 +18,7 @@ MAKE_CMD=(make --no-print-directory SKIP_INSTALL=1)
 
 lane2_log=$(mktemp /tmp/xen2kvm-lane2.XXXXXX)
 mkdir -p "$REPO/build/lane2-cache"
+# shellcheck disable=SC2016  # the inner script expands its own variables
 setsid -w bash -c '
   t0=$(date +%s)
   XDG_CACHE_HOME="$1/build/lane2-cache" "${@:2}" integration-lane2 || exit $?
@@ -30,6 +31,7 @@ lane2=$!
 t0=$(date +%s)
 setsid -w "${MAKE_CMD[@]}" integration-lane1 &   # in the background too, so a signal reaches the trap at once
 lane1=$!
+# shellcheck disable=SC2317  # called from the trap
 stop_lanes() {
   kill -TERM -- "-$lane2" 2>/dev/null
   kill -TERM -- "-$lane1" 2>/dev/null

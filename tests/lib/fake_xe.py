@@ -168,7 +168,7 @@ class FakeXe:
         for vbd in self.api.VM.get_VBDs(ref):
             vdi = self.api.VBD.get_VDI(vbd)
             if vdi != "OpaqueRef:NULL" and all(self.api.VBD.get_VM(other) == ref
-                                                for other in self.api.VDI.get_VBDs(vdi)):
+                                               for other in self.api.VDI.get_VBDs(vdi)):
                 vdis.append(vdi)
         lines = ["The following items are about to be destroyed",
                  "VM : %s (%s)" % (self.api.VM.get_uuid(ref), self.api.VM.get_name_label(ref))]

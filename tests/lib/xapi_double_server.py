@@ -104,7 +104,8 @@ def start(args):
         code = 0
         try:
             serve(args)
-        except BaseException:  # pylint: disable=broad-except  (logged: the parent shows the log)
+        except BaseException:  # pylint: disable=broad-except
+            # logged: the parent shows the log
             traceback.print_exc()
             code = 1
         finally:
@@ -141,7 +142,7 @@ def stop_server(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
     start_cmd = sub.add_parser("start")
     start_cmd.add_argument("--dir", required=True)

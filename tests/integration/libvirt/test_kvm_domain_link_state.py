@@ -304,7 +304,7 @@ def _carrier_lines(name):
 
 @pytest.mark.slow
 def test_guest_boots_with_links_down_and_sees_the_cable_plugged_in_live(conn, domain_name, qemu_tmp,
-                                                                         boot_kit, run_module):
+                                                                        boot_kit, run_module):
     """The boot check proves the boot with the links down (serial console, no network), the guest
     sees no carrier, and the cut-over (links-only kvm_domain) gives it one without a restart."""
     kernel, modules_dir = _kernel_with_modules()

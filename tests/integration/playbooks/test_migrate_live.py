@@ -85,7 +85,7 @@ def killed_during_the_export(workdir, inv, name, *extra):
             if match and match.group("vm") == name and int(match.group("pct")) > 0:
                 proc.send_signal(signal.SIGTERM)
                 break
-        rest, _ = proc.communicate(timeout=120)
+        rest = proc.communicate(timeout=120)[0]
     return proc.returncode, "".join(lines) + rest
 
 
