@@ -47,13 +47,14 @@ def test_naubackup_dir_takes_the_newest_finished_export(tmp_path):
     assert int(saved["xen_source_disk_bytes"]) == 11 * MiB
 
 
-@pytest.mark.parametrize("given", ["neither", "both"])
+@pytest.mark.parametrize("given", ["none", "several"])
 def test_exactly_one_source(tmp_path, given):
     role_vars = {"xen_source_vm": "db01"}
-    if given == "both":
+    if given == "several":
         role_vars.update(xen_source_xva=str(tmp_path / "a.xva"), xen_source_naubackup_dir=str(tmp_path))
     _saved, out = run_role("xen_source", role_vars, expect_fail=True)
-    assert "give exactly one of xen_source_xva and xen_source_naubackup_dir for VM db01 (%s given)" % given in out
+    assert ("give exactly one of xen_source_xva, xen_source_naubackup_dir and xen_source_xapi_url "
+            "(or xen_source_xapi_transport ssh) for VM db01 (%s given)" % given) in out
 
 
 def test_missing_local_xva_fails_clearly(tmp_path):
