@@ -103,22 +103,34 @@ def conn(libvirt_uri):
     c.close()
 
 
-def cleanup_domain(conn, name):
-    """Destroy and undefine ``name`` if it exists (NVRAM too)."""
+def cleanup_domain(conn, name, logs=False):
+    """Destroy and undefine ``name`` if it exists (NVRAM too); with ``logs``, remove its qemu and
+    serial logs under /var/log/libvirt/qemu as well."""
     try:
         dom = conn.lookupByName(name)
     except libvirt.libvirtError:
-        return
-    try:
-        if dom.isActive():
-            dom.destroy()
-    except libvirt.libvirtError:
-        pass
-    try:
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-                          | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
-    except libvirt.libvirtError:
-        pass
+        dom = None
+    if dom is not None:
+        try:
+            if dom.isActive():
+                dom.destroy()
+        except libvirt.libvirtError:
+            pass
+        try:
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                              | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+        except libvirt.libvirtError:
+            pass
+    for suffix in (".log", "-serial.log") if logs else ():
+        path = "/var/log/libvirt/qemu/%s%s" % (name, suffix)
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+@pytest.fixture(scope="session", name="remove_domain")
+def remove_domain_fixture():
+    """cleanup_domain(conn, name, logs=False): destroy and undefine a domain if it exists."""
+    return cleanup_domain
 
 
 @pytest.fixture

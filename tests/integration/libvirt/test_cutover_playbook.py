@@ -50,7 +50,7 @@ def recap_changed(output):
 
 
 @pytest.fixture(name="vms")
-def vms_fixture(conn, qemu_tmp, run_module):
+def vms_fixture(conn, qemu_tmp, run_module, remove_domain):
     """Two VMs ``{inventory name: domain name}`` imported with their links down; the second runs."""
     tag = uuid.uuid4().hex[:8]
     names = {"x2k-it-cut-%s@a" % tag: "x2k-it-cut-%s-a" % tag, "x2k-it-cut-%s-b" % tag: "x2k-it-cut-%s-b" % tag}
@@ -67,17 +67,7 @@ def vms_fixture(conn, qemu_tmp, run_module):
         yield names
     finally:
         for domain in names.values():
-            try:
-                dom = conn.lookupByName(domain)
-            except libvirt.libvirtError:
-                continue
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-            for log in (Path("/var/log/libvirt/qemu") / (domain + ".log"),
-                        Path("/var/log/libvirt/qemu") / (domain + "-serial.log")):
-                if log.exists():
-                    log.unlink()
+            remove_domain(conn, domain, logs=True)
 
 
 @pytest.fixture(name="inventory")

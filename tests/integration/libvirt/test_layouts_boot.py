@@ -157,7 +157,7 @@ def _record(row):
         f.write(json.dumps(row, sort_keys=True) + "\n")
 
 
-def migrate_and_prove(variant, base, conn):
+def migrate_and_prove(variant, base, conn, remove_domain):
     """The whole chain for one variant; returns what was measured and seen (or raises)."""
     out = {"variant": variant}
     work = base / variant
@@ -211,7 +211,7 @@ def migrate_and_prove(variant, base, conn):
         out["rerun_phases"] = again.get("seconds")
         out["rerun_changes"] = again.get("changes")
     finally:
-        _remove_domain(conn, name)
+        remove_domain(conn, name, logs=True)
         shutil.rmtree(str(work), ignore_errors=True)
         row = {k: out.get(k) for k in ("variant", "fixup_seconds", "rerun_seconds", "login_seconds", "fixup_phases",
                                        "rerun_phases")}
@@ -221,20 +221,6 @@ def migrate_and_prove(variant, base, conn):
               "rerun %(rerun_seconds)s s (completed: %(completed)s)" % row)
         _record(row)
     return out
-
-
-def _remove_domain(conn, name):
-    try:
-        dom = conn.lookupByName(name)
-    except libvirt.libvirtError:
-        return
-    if dom.isActive():
-        dom.destroy()
-    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
-    for suffix in (".log", "-serial.log"):
-        path = "/var/log/libvirt/qemu/%s%s" % (name, suffix)
-        if os.path.exists(path):
-            os.unlink(path)
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -252,13 +238,13 @@ def _selected_variants(session):
 
 
 @pytest.fixture(scope="module")
-def layout_runs(request, libvirt_uri):
+def layout_runs(request, libvirt_uri, remove_domain):
     """{variant: Future} of every selected variant's chain, two at a time."""
     conn = libvirt.open(libvirt_uri)
     base = Path(tempfile.mkdtemp(prefix="x2k-layouts-", dir="/var/tmp"))
     os.chmod(str(base), 0o755)                          # qemu (libvirt-qemu) reads the images
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS)
-    futures = {v: pool.submit(migrate_and_prove, v, base, conn)
+    futures = {v: pool.submit(migrate_and_prove, v, base, conn, remove_domain)
                for v in _selected_variants(request.session)}
     yield futures
     pool.shutdown(wait=True)

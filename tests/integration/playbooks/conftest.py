@@ -1,8 +1,6 @@
 """The libvirtd fixtures of tests/integration/libvirt (libvirt_uri, conn, qemu_tmp) and its
 cleanup_domain (as the fixture remove_domain), for tests that run whole playbooks against the real libvirtd."""
-import glob
 import importlib.util
-import os
 import pathlib
 import uuid
 
@@ -16,12 +14,7 @@ _SPEC.loader.exec_module(_FIXTURES)
 libvirt_uri = _FIXTURES.libvirt_uri
 conn = _FIXTURES.conn
 qemu_tmp = _FIXTURES.qemu_tmp
-
-
-@pytest.fixture(name="remove_domain")
-def remove_domain_fixture():
-    """cleanup_domain(conn, name): destroy and undefine a domain if it exists."""
-    return _FIXTURES.cleanup_domain
+remove_domain_fixture = _FIXTURES.remove_domain_fixture
 
 
 @pytest.fixture(name="vm_names")
@@ -35,6 +28,4 @@ def vm_names_fixture(conn):
 
     yield new
     for name in made:
-        _FIXTURES.cleanup_domain(conn, name)
-        for path in glob.glob("/var/log/libvirt/qemu/%s*.log" % name):
-            os.unlink(path)
+        _FIXTURES.cleanup_domain(conn, name, logs=True)
