@@ -85,10 +85,12 @@ class SshSource:
         self.user = user
         self.port = port
 
+    def netloc(self):
+        return ("%s@" % self.user if self.user else "") + self.host + (":%d" % self.port if self.port else "")
+
     def url(self):
         """The source as an ``ssh://`` URL, the one spelling used in messages and manifests."""
-        netloc = ("%s@" % self.user if self.user else "") + self.host + (":%d" % self.port if self.port else "")
-        return "ssh://%s%s" % (netloc, quote(self.path))
+        return "ssh://%s%s" % (self.netloc(), quote(self.path))
 
     def label(self):
         return "%s%s:%s" % ("%s@" % self.user if self.user else "", self.host, self.path)
@@ -118,9 +120,8 @@ class XeExportSource(SshSource):
         self.xe = xe
 
     def url(self):
-        netloc = ("%s@" % self.user if self.user else "") + self.host + (":%d" % self.port if self.port else "")
         query = [("uuid", self.uuid), ("compress", self.compress)] + ([("xe", self.xe)] if self.xe != "xe" else [])
-        return "%s%s/?%s" % (XE_SSH_SCHEME, netloc, urlencode(query, safe="/"))
+        return "%s%s/?%s" % (XE_SSH_SCHEME, self.netloc(), urlencode(query, safe="/"))
 
     def label(self):
         return self.url()
@@ -137,17 +138,8 @@ class XeExportSource(SshSource):
 def parse_xe_source(src):
     """An :class:`XeExportSource` from ``xe+ssh://[user@]host[:port]/?uuid=UUID[&compress=zstd|gzip|none]
     [&xe=/path/to/xe]``."""
-    parts = urlsplit(src)
+    parts, port = _ssh_url_parts(src, "xe+ssh://")
     where = _ssh_host_only(src)
-    if parts.password is not None:
-        raise SourceError("an xe+ssh:// source takes no password (ssh runs in batch mode): use a key, "
-                          "ssh_private_key or the ssh agent")
-    if not parts.hostname:
-        raise SourceError("%s names no host" % where)
-    try:
-        port = parts.port
-    except ValueError:
-        raise SourceError("%s: the port is not a number from 1 to 65535" % where)
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = sorted(set(query) - {"uuid", "compress", "xe"})
     if parts.path not in ("", "/") or parts.fragment or unknown:
@@ -162,8 +154,7 @@ def parse_xe_source(src):
     xe = query.get("xe", "xe")
     if xe != "xe" and not xe.startswith("/"):
         raise SourceError("%s: xe= must be an absolute path to xe on the Xen host, not %r" % (where, xe))
-    return XeExportSource(parts.hostname, query["uuid"], compress, unquote(parts.username) if parts.username else None,
-                          port, xe)
+    return XeExportSource(parts.hostname, query["uuid"], compress, _user_of(parts), port, xe)
 
 
 def is_ssh_source(src):
@@ -197,21 +188,30 @@ def parse_ssh_source(src):
         if not match:
             raise SourceError("%s is not an ssh source ([user@]host:/absolute/path)" % src)
         return SshSource(match.group("host").strip("[]"), match.group("path"), match.group("user"))
-    parts = urlsplit(src)
-    if parts.password is not None:
-        raise SourceError("an ssh:// source takes no password (ssh runs in batch mode): use a key, "
-                          "ssh_private_key or the ssh agent")
-    if not parts.hostname:
-        raise SourceError("%s names no host" % _ssh_host_only(src))
-    try:
-        port = parts.port
-    except ValueError:
-        raise SourceError("%s: the port is not a number from 1 to 65535" % _ssh_host_only(src))
+    parts, port = _ssh_url_parts(src, "ssh://")
     path = unquote(parts.path)
     if not path.startswith("/") or path == "/" or parts.query or parts.fragment:
         raise SourceError("%s: an ssh:// source is ssh://[user@]host[:port]/absolute/path to the XVA "
                           "(no query, no fragment)" % _ssh_host_only(src))
-    return SshSource(parts.hostname, path, unquote(parts.username) if parts.username else None, port)
+    return SshSource(parts.hostname, path, _user_of(parts), port)
+
+
+def _ssh_url_parts(src, scheme):
+    """The split URL of an ssh:// or xe+ssh:// source and its port, after the checks both share."""
+    parts = urlsplit(src)
+    if parts.password is not None:
+        raise SourceError("an %s source takes no password (ssh runs in batch mode): use a key, "
+                          "ssh_private_key or the ssh agent" % scheme)
+    if not parts.hostname:
+        raise SourceError("%s names no host" % _ssh_host_only(src))
+    try:
+        return parts, parts.port
+    except ValueError:
+        raise SourceError("%s: the port is not a number from 1 to 65535" % _ssh_host_only(src))
+
+
+def _user_of(parts):
+    return unquote(parts.username) if parts.username else None
 
 
 class CountingReader(io.RawIOBase):
