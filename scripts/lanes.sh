@@ -17,6 +17,7 @@ MAKE_CMD=(make --no-print-directory SKIP_INSTALL=1)
 "${MAKE_CMD[@]}" collection-link
 
 lane2_log=$(mktemp /tmp/xen2kvm-lane2.XXXXXX)
+lane1_log=$(mktemp /tmp/xen2kvm-lane1.XXXXXX)
 mkdir -p "$REPO/build/lane2-cache"
 # shellcheck disable=SC2016  # the inner script expands its own variables
 setsid -w bash -c '
@@ -29,7 +30,7 @@ setsid -w bash -c '
 ' lane2 "$REPO" "${MAKE_CMD[@]}" > >(sed -u 's/^/[lane 2] /' | tee "$lane2_log") 2>&1 &
 lane2=$!
 t0=$(date +%s)
-setsid -w "${MAKE_CMD[@]}" integration-lane1 &   # in the background too, so a signal reaches the trap at once
+setsid -w "${MAKE_CMD[@]}" integration-lane1 > >(tee "$lane1_log") 2>&1 &   # in the background too, so a signal reaches the trap at once
 lane1=$!
 # shellcheck disable=SC2317  # called from the trap
 stop_lanes() {
@@ -37,7 +38,7 @@ stop_lanes() {
   kill -TERM -- "-$lane1" 2>/dev/null
   wait 2>/dev/null
 }
-trap 'stop_lanes; rm -f "$lane2_log"; exit 130' INT TERM HUP
+trap 'stop_lanes; rm -f "$lane1_log" "$lane2_log"; exit 130' INT TERM HUP
 
 wait "$lane1"
 rc1=$?
@@ -50,5 +51,13 @@ if [[ $rc2 -ne 0 ]]; then
   echo "==> lane 2 FAILED (exit $rc2); its last lines:"
   tail -n 60 "$lane2_log"
 fi
-rm -f "$lane2_log"
+# CI shows only the end of the output: the failures of both lanes (pytest's and Molecule
+# verifiers' summary lines) come last.
+failures=$(cat "$lane1_log" "$lane2_log" 2>/dev/null | sed -e 's/\x1b\[[0-9;]*m//g' \
+  | grep -aE '(FAILED|ERROR) [^ ]+::' | cut -c1-300 | head -n 40)
+if [[ -n $failures ]]; then
+  echo "==> the failed tests of both lanes:"
+  echo "$failures"
+fi
+rm -f "$lane1_log" "$lane2_log"
 exit $(( rc1 != 0 ? rc1 : rc2 ))
