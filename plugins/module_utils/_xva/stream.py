@@ -364,22 +364,12 @@ def source_secrets(src):
     return secrets
 
 
-class _ReadIntoFromRead(io.RawIOBase):
-    """A raw stream whose ``read`` does the work (and counts and names errors): ``readinto``
-    goes through it."""
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-
-class _NetworkBody(_ReadIntoFromRead):
+class _NetworkBody(io.RawIOBase):
     """The body of an HTTP response, with network failures said as what they are.  They must
     not look like damaged data: a timeout or reset surfaces inside the gzip/zstd decoder too."""
 
     def __init__(self, response, url, timeout):
-        _ReadIntoFromRead.__init__(self)
+        io.RawIOBase.__init__(self)
         self._response = response
         self._host = host_of(url)
         self._timeout = timeout
@@ -401,13 +391,15 @@ class _NetworkBody(_ReadIntoFromRead):
         return SourceError("connection to %s failed after %d bytes: %s"
                            % (self._host, self.received, exc.strerror or exc))
 
-    def read(self, size=-1):
+    def readinto(self, buffer):
+        # Straight into the caller's buffer: http.client decodes the chunked framing in place,
+        # where read() would join the chunks into new bytes and copy them once more.
         try:
-            data = self._response.read(size) if size is not None and size >= 0 else self._response.read()
+            got = self._response.readinto(buffer) or 0
         except (OSError, http.client.HTTPException) as exc:
             raise self._failed(exc)
-        self.received += len(data)
-        return data
+        self.received += got
+        return got
 
     def close(self):
         try:
@@ -444,12 +436,12 @@ def _without_secrets(text, url):
     return text
 
 
-class _SshBody(_ReadIntoFromRead):
+class _SshBody(io.RawIOBase):
     """The standard output of ``ssh HOST cat -- PATH``.  At its end ssh's exit status decides
     whether the stream was complete; closing it early kills and reaps ssh."""
 
     def __init__(self, process, stderr, source):
-        _ReadIntoFromRead.__init__(self)
+        io.RawIOBase.__init__(self)
         self._process = process
         self._stderr = stderr
         self._source = source
@@ -459,12 +451,12 @@ class _SshBody(_ReadIntoFromRead):
     def readable(self):
         return True
 
-    def read(self, size=-1):
-        data = self._process.stdout.read(size if size is not None and size >= 0 else -1)
-        if not data:
+    def readinto(self, buffer):
+        got = self._process.stdout.readinto(buffer) or 0
+        if not got:
             self._check_exit()
-        self.received += len(data)
-        return data
+        self.received += got
+        return got
 
     def _check_exit(self):
         code = self._process.wait()
