@@ -48,7 +48,7 @@ help:
 	@echo "make molecule     molecule test -s default, -s fleet, then -s live-export (extensions/molecule; root, libvirtd)"
 	@echo "make sanity       ansible-test sanity on a clean copy (SANITY_ARGS='--test pylint')"
 	@echo "make lint         ansible-lint --profile production (LINT_ARGS=...)"
-	@echo "make bench        bench/xva_bench.py + bench/migrate_bench.py (BENCH=xva|migrate: one)"
+	@echo "make bench        bench/xva_bench.py, live_export_bench.py, migrate_bench.py (BENCH=xva|live|migrate: one)"
 	@echo "make bench BENCH=fixup  bench/fixup_compare.py: guest_fixup vs virt-v2v per test guest (root; boots qemu)"
 	@echo "make build        the collection artifact build/xen2kvm-migration-VERSION.tar.gz"
 	@echo "make changelog    release notes: changelogs/fragments -> changelog.yaml + CHANGELOG.md"
@@ -120,12 +120,14 @@ demo: $(INSTALL) collection-link
 	  echo "make demo: not yet available (playbooks/demo.yml does not exist yet)" >&2; exit 1; \
 	fi
 
-# BENCH=xva: xva_convert against its anchors; BENCH=migrate: migrate.yml end to end (root,
+# BENCH=xva: xva_convert against its anchors; BENCH=live: an export through the XAPI double
+# against the same XVA from a file; BENCH=migrate: migrate.yml end to end (root,
 # libvirtd, boots qemu for minutes); BENCH=all (default) runs both.
 BENCH ?= all
 bench: $(INSTALL) collection-link
-	@case "$(BENCH)" in all|xva|migrate|fixup) ;; *) echo "make bench: BENCH=all|xva|migrate|fixup, not '$(BENCH)'" >&2; exit 2;; esac
+	@case "$(BENCH)" in all|xva|live|migrate|fixup) ;; *) echo "make bench: BENCH=all|xva|live|migrate|fixup, not '$(BENCH)'" >&2; exit 2;; esac
 	@if [[ "$(BENCH)" == all || "$(BENCH)" == xva ]]; then $(BIN)/python $(REPO)/bench/xva_bench.py; fi
+	@if [[ "$(BENCH)" == all || "$(BENCH)" == live ]]; then $(BIN)/python $(REPO)/bench/live_export_bench.py; fi
 	@if [[ "$(BENCH)" == all || "$(BENCH)" == migrate ]]; then $(BIN)/python $(REPO)/bench/migrate_bench.py; fi
 	@if [[ "$(BENCH)" == fixup ]]; then $(BIN)/python $(REPO)/bench/fixup_compare.py; fi
 
