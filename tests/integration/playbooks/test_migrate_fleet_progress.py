@@ -13,7 +13,8 @@ import pytest
 from _play import KVM_HOST, QUIET_HOST, REPO, guest_xva, play_streaming, report
 from xapi_double import XapiDouble, XapiVM
 
-pytestmark = [pytest.mark.slow, pytest.mark.root]
+# second_lane: boots guests of its own; its checks look at its own VMs only
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.second_lane]
 
 PASSWORD = "Fleet-pw-9d1e-not-in-output"
 PROGRESS = re.compile(r"^\[(?P<vm>[\w-]+)\] convert (?P<pct>\d+)% [\d.]+/[\d.]+ [MG]iB [\d.]+ MiB/s ETA ")
@@ -56,4 +57,4 @@ def test_a_fleet_over_http_shows_progress_and_boots(qemu_tmp, conn, remove_domai
         assert PASSWORD not in markdown + str(entries)
     finally:
         for name in names:
-            remove_domain(conn, name)
+            remove_domain(conn, name, logs=True)

@@ -22,7 +22,8 @@ from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount imp
 from guest_variants import SPECS
 from xva_writer import VM, Disk, write_xva
 
-pytestmark = [pytest.mark.slow, pytest.mark.root]
+# second_lane: boots guests of its own; its checks look at its own VMs only
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.second_lane]
 
 libvirt = pytest.importorskip("libvirt")
 

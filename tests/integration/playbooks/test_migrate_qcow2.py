@@ -52,9 +52,7 @@ def test_a_qcow2_vm_boots_from_qcow2_and_its_rerun_changes_nothing(qemu_tmp, con
         entry = report(qemu_tmp / "reports")[0][name]
         assert entry["status"] == "unchanged" and entry["disks"][0]["path"] == qcow2, entry
     finally:
-        remove_domain(conn, name)
-        for path in glob.glob("/var/log/libvirt/qemu/%s*.log" % name):
-            os.unlink(path)
+        remove_domain(conn, name, logs=True)
 
 
 def test_an_unknown_disk_format_is_refused_before_anything_runs(tmp_path):
