@@ -20,10 +20,16 @@ import shlex
 import socket
 import subprocess
 import tempfile
+import threading
 import ssl
 import zlib
 import os
 import sys
+
+try:
+    import queue
+except ImportError:  # pragma: no cover - Python 2 is not supported, keeps sanity's import test quiet
+    import Queue as queue
 
 try:
     from urllib.parse import urlsplit, urlunsplit, urlencode, parse_qsl, quote, unquote
@@ -48,6 +54,7 @@ READ_SIZE = 4 << 20
 # input: a long run of zeros in a compressed export leaves the connection silent for minutes
 # (gzip -6: ~65 keep-alives, 5 min) to hours (zstd -3: thousands).  See docs/sources.md.
 DEFAULT_TIMEOUT = 1800
+INTERRUPT_WAIT = 10  # s for a read-ahead thread to notice its connection was shut down
 # Query parameters whose values are credentials (xapi's session_id, and what other tools put in URLs).
 _SECRET_QUERY_KEY = re.compile(r"session|pass|pwd|token|secret|key|auth|sig|cred", re.IGNORECASE)
 REDACTED = "********"
@@ -401,6 +408,19 @@ class _NetworkBody(io.RawIOBase):
         self.received += got
         return got
 
+    def interrupt(self):
+        """Ends a read of the connection waiting in another thread (shutdown wakes it)."""
+        try:
+            connection = socket.fromfd(self._response.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+        except (OSError, ValueError, AttributeError, http.client.HTTPException):
+            return  # already closed, or no socket under this response
+        try:
+            connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            connection.close()  # the duplicate only
+
     def close(self):
         try:
             self._response.close()
@@ -467,15 +487,19 @@ class _SshBody(io.RawIOBase):
         self._stderr.seek(0)
         return self._stderr.read(65536).decode("utf-8", "replace")
 
+    def interrupt(self):
+        """Ends a read of ssh's output waiting in another thread: ssh stops, the pipe ends."""
+        if self._process.poll() is None:
+            self._process.kill()  # we stop reading; without this ssh would block on a full pipe
+
     def close(self):
         if self._released:
             return
         self._released = True
         try:
-            if self._process.poll() is None:
-                self._process.kill()  # we stop reading; without this ssh would block on a full pipe
-            self._process.stdout.close()
+            self.interrupt()
             self._process.wait()
+            self._process.stdout.close()
             self._stderr.close()
         finally:
             io.RawIOBase.close(self)
@@ -546,18 +570,96 @@ def open_ssh(src, ssh_options=None, ssh_private_key=None, timeout=DEFAULT_TIMEOU
     return _SshBody(process, stderr, source)
 
 
+class ReadAhead(io.RawIOBase):
+    """Reads a network stream in a thread of its own, up to ``depth`` blocks ahead of the
+    reader: waiting for the network, TLS decryption (or draining ssh's pipe) then overlap with
+    parsing, decompressing and hashing. Errors reach the reader at the point where they happened
+    in the stream."""
+
+    def __init__(self, raw, block=READ_SIZE, depth=3):
+        io.RawIOBase.__init__(self)
+        self._raw = raw
+        self._filled = queue.Queue()
+        self._free = queue.Queue()
+        for _slot in range(depth):
+            self._free.put(bytearray(block))
+        self._view = None
+        self._end = None  # once the stream ended: the exception it ended with, or False
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="xva-read-ahead")
+        self._thread.daemon = True  # a stalled host must not keep the process alive
+        self._thread.start()
+
+    @property
+    def received(self):
+        return getattr(self._raw, "received", None)
+
+    def readable(self):
+        return True
+
+    def _fill(self):
+        try:
+            while True:
+                buffer = self._free.get()
+                if buffer is None or self._closing.is_set():
+                    return
+                got = self._raw.readinto(buffer)
+                self._filled.put((buffer, got) if got else (None, None))
+                if not got:
+                    return
+        except BaseException as exc:  # pylint: disable=broad-except  # handed to the reader
+            self._filled.put((None, exc))
+
+    def _next_block(self):
+        if self._view is not None:
+            self._free.put(self._view.obj)
+            self._view = None
+        if self._end is None:
+            buffer, got = self._filled.get()
+            if buffer is not None:
+                self._view = memoryview(buffer)[:got]
+                return True
+            self._end = got or False
+        if self._end:
+            raise self._end
+        return False
+
+    def readinto(self, buffer):
+        while not self._view:
+            if not self._next_block():
+                return 0
+        size = min(len(buffer), len(self._view))
+        buffer[:size] = self._view[:size]
+        self._view = self._view[size:]
+        return size
+
+    def close(self):
+        if self.closed:
+            return
+        self._closing.set()
+        self._free.put(None)  # wakes the thread when it waits for a free block
+        try:
+            # The thread may be waiting in a read of the connection: end that read first, so
+            # the stream is never closed (and its descriptor reused) under it.
+            self._raw.interrupt()
+            self._thread.join(INTERRUPT_WAIT)
+            self._raw.close()
+        finally:
+            io.RawIOBase.close(self)
+
+
 def open_raw(src, open_url_func=None, ssh_options=None, ssh_private_key=None, **url_options):
     """A CountingReader over the raw (possibly compressed) bytes of ``src``."""
     if src == "-":
         return CountingReader(sys.stdin.buffer)
     if is_ssh_source(src):
-        return CountingReader(open_ssh(src, ssh_options, ssh_private_key,
-                                       url_options.get("timeout", DEFAULT_TIMEOUT)))
+        return CountingReader(ReadAhead(open_ssh(src, ssh_options, ssh_private_key,
+                                                 url_options.get("timeout", DEFAULT_TIMEOUT))))
     if is_url(src):
         if open_url_func is None:
             raise SourceError("no HTTP client given for %s" % _redact(src))
         response, length = open_url(src, open_url_func, **url_options)
-        return CountingReader(response, length)
+        return CountingReader(ReadAhead(response), length)
     try:
         handle = open(src, "rb", buffering=0)
     except OSError as exc:
