@@ -43,6 +43,8 @@ except ImportError:
     zstandard = None
     HAS_ZSTANDARD = False
 
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva import profile
+
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Compressions XenServer never writes but a user may have applied to a saved export.
@@ -250,7 +252,8 @@ class CountingReader(io.RawIOBase):
                 head += self._file.read()
             self.bytes_read += len(head)
             return head
-        data = self._file.read(size)
+        with profile.timed("reading"):
+            data = self._file.read(size)
         self.bytes_read += len(data)
         return data
 
@@ -259,7 +262,8 @@ class CountingReader(io.RawIOBase):
             data = self.read(len(buffer))
             buffer[:len(data)] = data
             return len(data)
-        got = self._file.readinto(buffer) or 0
+        with profile.timed("reading"):
+            got = self._file.readinto(buffer) or 0
         self.bytes_read += got
         return got
 
