@@ -111,3 +111,91 @@ def test_cutover_refuses_a_vm_outside_the_inventory(inventory):
     rc, out = cutover(inventory, "-e", "vm=no-such-vm")
     assert rc != 0
     assert "VM no-such-vm is not in the inventory group xen_vms" in out
+
+
+# ---------------------------------------------------------------- a VM exported live (snapshot mode)
+
+POOL_PASSWORD = "cutover-pool-secret"
+
+
+@pytest.fixture(name="pool_xva", scope="module")
+def pool_xva_fixture(tmp_path_factory):
+    """A small plain XVA: the records of the pool's VM (no export happens at cut-over)."""
+    from xva_writer import VM, Disk, write_xva
+    xva = tmp_path_factory.mktemp("cutover-pool") / "vm.xva"
+    write_xva(str(xva), VM(name="cutlive", disks=[Disk(image=b"\x01" * 4096, userdevice=0, bootable=True)]))
+    return xva
+
+
+@pytest.fixture(name="live_vm")
+def live_vm_fixture(conn, qemu_tmp, run_module, remove_domain, pool_xva):
+    """A VM still running on its pool and its migrated domain with the links down:
+    ``(XapiVM, domain name, define(uuid))``; ``define`` makes the domain with that uuid."""
+    from xapi_double import XapiVM
+    name = "x2k-it-cutlive-%s" % uuid.uuid4().hex[:8]
+    xen_vm = XapiVM(name, pool_xva, power_state="Running")
+
+    def define(domain_uuid):
+        image = qemu_tmp / ("%s.qcow2" % name)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+        vm_spec = dict(spec(name, "aa:00:5e:00:53:41"), uuid=domain_uuid)
+        r = run_module("kvm_domain", {"spec": vm_spec, "disks": [str(image)], "network_map": {"LAN": "user"},
+                                      "domain_type": "qemu", "link_state": "down", "state": "defined"})
+        assert not r.get("failed"), r
+
+    try:
+        yield xen_vm, name, define
+    finally:
+        remove_domain(conn, name, logs=True)
+
+
+def live_inventory(tmp_path, xapi, vm_name):
+    inventory = {"all": {"children": {
+        "kvm_hosts": {"hosts": {"kvm-test": {"ansible_connection": "local",
+                                             "ansible_python_interpreter": "/usr/bin/python3"}}},
+        "xen_hosts": {"hosts": {"pool1": {"xapi_url": xapi.url, "xapi_ca_path": xapi.ca_file,
+                                          "xapi_password": POOL_PASSWORD}}},
+        "xen_vms": {"vars": {"ansible_connection": "local", "kvm_host": "kvm-test"},
+                    "hosts": {vm_name: {"xen_host": "pool1"}}},
+    }}}
+    path = tmp_path / "live-inventory.yml"
+    path.write_text(yaml.safe_dump(inventory))
+    return path
+
+
+def test_a_live_vm_is_shut_down_and_marked_before_its_links_come_up(conn, live_vm, tmp_path):
+    from xapi_double import XapiDouble
+    xen_vm, domain, define = live_vm
+    define(xen_vm.uuid)
+    with XapiDouble([xen_vm], password=POOL_PASSWORD, tls=True) as xapi:
+        inventory = live_inventory(tmp_path, xapi, domain)
+        rc, out = cutover(inventory, "-e", "vm=%s" % domain)
+        assert rc == 0, out
+        assert xen_vm.power_state == "Halted"
+        assert xen_vm.other_config.get("xen2kvm_migrated_to") == "kvm-test/%s" % domain
+        assert "xen2kvm-migrated-to:kvm-test/%s" % domain in xen_vm.tags
+        assert links(conn, domain, libvirt.VIR_DOMAIN_XML_INACTIVE) == ["up"]
+        assert "source VM on pool1 shut down and marked" in out
+        assert POOL_PASSWORD not in out
+
+        rc, out = cutover(inventory, "-e", "vm=%s" % domain)
+        assert rc == 0, out
+        assert recap_changed(out) == 0, out
+        assert "links were up already; source VM on pool1 halted already and marked" in out
+        assert xapi.live_sessions() == 0
+
+
+@pytest.mark.parametrize("domain_is", ["another VM's", "missing"])
+def test_a_live_vm_keeps_running_when_its_domain_is_not_its_copy(conn, live_vm, tmp_path, domain_is):
+    from xapi_double import XapiDouble
+    xen_vm, domain, define = live_vm
+    if domain_is == "another VM's":
+        define(str(uuid.uuid4()))
+    with XapiDouble([xen_vm], password=POOL_PASSWORD, tls=True) as xapi:
+        rc, out = cutover(live_inventory(tmp_path, xapi, domain), "-e", "vm=%s" % domain)
+        assert rc != 0, out
+        assert ("not its migrated copy; nothing was changed" if domain_is == "another VM's"
+                else "domain %s does not exist" % domain) in out, out
+        assert xen_vm.power_state == "Running" and not xen_vm.tags and "xen2kvm_migrated_to" not in xen_vm.other_config
+        if domain_is == "another VM's":
+            assert links(conn, domain, libvirt.VIR_DOMAIN_XML_INACTIVE) == ["down"]
