@@ -12,7 +12,7 @@ import os
 import time
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._durable import fsync_path
-from ansible_collections.xen2kvm.migration.plugins.module_utils._xva import images
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva import images, profile
 from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import describe_users, processes_using
 from ansible_collections.xen2kvm.migration.plugins.module_utils._interrupt import SignalGuard, sweep_dead_temps
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.progress import ProgressReporter
@@ -138,6 +138,13 @@ class Conversion:
         self._others = None
 
     def run(self):
+        try:
+            with profile.timed("conversion"):
+                return self._run()
+        finally:
+            profile.save()  # make bench PROFILE=1: where the time went (nothing when profiling is off)
+
+    def _run(self):
         with _OpenXva(self.src, self.open_url_func, self.url_options) as xva:
             spec = xva.spec
             if not spec["disks"]:
@@ -306,8 +313,9 @@ class Conversion:
         with ProgressReporter(self.status_file, snapshot):
             reader = XvaReader(xva.tar, targets, xva.vdi_ids, self.verify, hash_in_reader=xva.compression is None)
             translate_stream_errors(reader.run)
-            for fd in self._fds:
-                os.fsync(fd)
+            with profile.timed("syncing"):
+                for fd in self._fds:
+                    os.fsync(fd)
             self._close_fds()
             finals = [self._finish_image(disk, target, temp, path, guard) for disk, target, temp, path in order]
             with guard.deferred():  # renaming half of the images into place is worse than finishing

@@ -37,6 +37,7 @@ except ImportError:
     xxhash = None
     HAS_XXHASH = False
 
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva import profile
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.ova_xml import (
     MAX_OVA_XML_BYTES, OvaXmlError, parse_ova_xml, vm_spec)
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.tar import TarFormatError
@@ -153,7 +154,8 @@ class DiskTarget:
 
 
 def verify_chunk(data, suffix, expected, name, stream_offset):
-    actual = checksum_of(data, suffix)
+    with profile.timed("hashing"):
+        actual = checksum_of(data, suffix)
     if actual.lower() != expected.lower():
         raise XvaError("checksum mismatch in member %r at offset %d: expected %s, got %s"
                        % (name, stream_offset, expected, actual))
@@ -174,7 +176,8 @@ class _Flusher(threading.Thread):
             if fd is None:
                 return
             try:
-                os.fdatasync(fd)
+                with profile.timed("syncing"):
+                    os.fdatasync(fd)
             except OSError:
                 pass  # the final fsync reports real errors
 
@@ -226,7 +229,8 @@ class _Writer(threading.Thread):
 
     def _write(self, target, data, offset):
         try:
-            written = os.pwrite(target.fd, data, offset)
+            with profile.timed("writing"):
+                written = os.pwrite(target.fd, data, offset)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise XvaError("disk full writing %s at offset %d" % (target.path, offset))
@@ -302,7 +306,10 @@ class XvaReader:
         writer = _Writer(self.free)
         writer.start()
         try:
-            self._read_all(writer)
+            # The reading thread's own wall time: with the tar stream's reads, its hashing and
+            # its waits for the writer taken out, what is left is parsing (make bench PROFILE=1).
+            with profile.timed("reading thread"):
+                self._read_all(writer)
         except BaseException:
             writer.items.put(None)
             writer.join()
@@ -314,7 +321,8 @@ class XvaReader:
         if member.size > MAX_CHUNK:
             raise XvaError("member %r at offset %d: chunk of %d bytes is larger than the %d allowed"
                            % (member.name, member.offset, member.size, MAX_CHUNK))
-        buffer = self.free.get()
+        with profile.timed("reading thread waiting for the writer"):
+            buffer = self.free.get()
         return buffer if len(buffer) >= member.size else bytearray(member.size)
 
     def _read_all(self, writer):
@@ -361,12 +369,14 @@ class XvaReader:
             self._hash_turn = not self._hash_turn
             if check is not None and self.hash_in_reader and self._hash_turn:
                 try:
-                    verify_chunk(data, *check)
+                    with profile.timed("reading thread hashing"):
+                        verify_chunk(data, *check)
                 except BaseException:
                     self.free.put(buffer)
                     raise
                 check = None
-            writer.put((target, offset, buffer, data, check, keep))
+            with profile.timed("reading thread waiting for the writer"):
+                writer.put((target, offset, buffer, data, check, keep))
 
     def _switch_to(self, target):
         now = time.time()
