@@ -49,6 +49,7 @@ help:
 	@echo "make sanity       ansible-test sanity on a clean copy (SANITY_ARGS='--test pylint')"
 	@echo "make lint         ansible-lint --profile production (LINT_ARGS=...)"
 	@echo "make bench        bench/xva_bench.py, live_export_bench.py, migrate_bench.py (BENCH=xva|live|migrate: one)"
+	@echo "make bench BENCH=xva PROFILE=1  also where each conversion's time goes (reading, decompressing, hashing, writing, syncing)"
 	@echo "make bench BENCH=fixup  bench/fixup_compare.py: guest_fixup vs virt-v2v per test guest (root; boots qemu)"
 	@echo "make build        the collection artifact build/xen2kvm-migration-VERSION.tar.gz"
 	@echo "make changelog    release notes: changelogs/fragments -> changelog.yaml + CHANGELOG.md"
@@ -126,7 +127,7 @@ demo: $(INSTALL) collection-link
 BENCH ?= all
 bench: $(INSTALL) collection-link
 	@case "$(BENCH)" in all|xva|live|migrate|fixup) ;; *) echo "make bench: BENCH=all|xva|live|migrate|fixup, not '$(BENCH)'" >&2; exit 2;; esac
-	@if [[ "$(BENCH)" == all || "$(BENCH)" == xva ]]; then $(BIN)/python $(REPO)/bench/xva_bench.py; fi
+	@if [[ "$(BENCH)" == all || "$(BENCH)" == xva ]]; then $(BIN)/python $(REPO)/bench/xva_bench.py $(if $(filter 1 yes true,$(PROFILE)),--profile); fi
 	@if [[ "$(BENCH)" == all || "$(BENCH)" == live ]]; then $(BIN)/python $(REPO)/bench/live_export_bench.py; fi
 	@if [[ "$(BENCH)" == all || "$(BENCH)" == migrate ]]; then $(BIN)/python $(REPO)/bench/migrate_bench.py; fi
 	@if [[ "$(BENCH)" == fixup ]]; then $(BIN)/python $(REPO)/bench/fixup_compare.py; fi
