@@ -703,8 +703,14 @@ def detect_compression(raw):
     return None
 
 
-def decompressing_reader(raw, compression):
-    """A buffered reader of the tar stream inside ``raw``."""
+def decompressing_reader(raw, compression, decoder=None):
+    """A buffered reader of the tar stream inside ``raw``: through a decoder process when the host
+    has one (``decoder``: auto, external or library; see decoders.py), else in this process."""
+    # Imported here: decoders imports SourceError from this module.
+    from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.decoders import external_decoder
+    external = external_decoder(raw, compression, decoder)
+    if external is not None:
+        return io.BufferedReader(external, READ_SIZE)
     if compression == "gzip":
         return io.BufferedReader(_GzipRaw(raw), READ_SIZE)
     if compression == "zstd":
