@@ -337,15 +337,24 @@ def run(args, work):
     return rows, rss, ours.profiles
 
 
+def decompressing(case, phases):
+    """A decoder process (decoders.py) times the waits for its output itself; in-process
+    decompression is the tar layer's waits for its bytes minus the source's reads inside them.
+    A plain stream has none: its tar reads are the reading plus a copy."""
+    if "decompressing" in phases:
+        return phases["decompressing"]
+    if case.split()[0] not in ("zstd", "gzip"):
+        return 0.0
+    return max(phases.get("tar stream reads", 0.0) - phases.get("reading", 0.0), 0.0)
+
+
 def profile_row(case, phases):
-    """Seconds per phase; the derived ones: decompressing = the tar layer's waits for its bytes
-    minus the source's reads (0 for a plain stream: its tar reads are the reading plus a copy),
-    parsing = the reading thread's time minus its tar reads, hashing and waits for the writer."""
+    """Seconds per phase; parsing = the reading thread's time minus its tar reads, its hashing
+    and its waits for the writer."""
     get = phases.get
     stream = get("tar stream reads", 0.0)
-    compressed = case.split()[0] in ("zstd", "gzip")
     derived = {
-        "decompressing": max(stream - get("reading", 0.0), 0.0) if compressed else 0.0,
+        "decompressing": decompressing(case, phases),
         "parsing": max(get("reading thread", 0.0) - stream - get("reading thread hashing", 0.0)
                        - get("reading thread waiting for the writer", 0.0), 0.0),
     }
