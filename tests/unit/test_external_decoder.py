@@ -8,12 +8,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
 from ansible.module_utils.urls import open_url
 
+from processes import alive
 from xva_writer import VM, Disk, write_xva
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva
@@ -334,3 +336,53 @@ def test_a_source_error_under_the_decoder_stays_a_source_error(tmp_path, monkeyp
     assert str(caught.value).startswith("no data from 127.0.0.1:%d for 2 s (timeout; after " % server.server_address[1])
     assert "-dc failed" not in str(caught.value)
     assert leftovers(tmp_path / "o") == []
+
+
+def children_of(pid):
+    pids = []
+    for task in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, task)) as handle:
+                pids += [int(child) for child in handle.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def test_sigterm_during_a_conversion_leaves_no_decoder(tmp_path, monkeypatch, vm):
+    """The module's SignalGuard raises in the main thread: the conversion ends with that message,
+    nothing is left in dest, and no decoder outlives the converter."""
+    only_on_path(monkeypatch, tmp_path, "zstd")
+    xva = tmp_path / "x.xva"
+    write_xva(str(xva), vm, compression="zstd")
+    data = xva.read_bytes()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    dest = tmp_path / "o"
+    code = ("import sys; sys.path[:0] = %r;"
+            "from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva\n"
+            "try:\n    convert_xva(%r, %r)\nexcept Exception as exc:\n    print(exc); sys.exit(3)"
+            % ([p for p in sys.path if p.endswith("collections")], str(fifo), str(dest)))
+    converter = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        with open(fifo, "wb") as out:
+            out.write(data[:len(data) // 2])
+            out.flush()
+            deadline = time.monotonic() + 30
+            decoders = []
+            while not decoders and time.monotonic() < deadline:
+                decoders = [pid for pid in children_of(converter.pid) if command_of(pid) == "zstd"]
+                time.sleep(0.05)
+            assert decoders, "no zstd under the converter"
+            time.sleep(0.3)
+            converter.send_signal(signal.SIGTERM)
+            said, _ = converter.communicate(timeout=30)
+    except BrokenPipeError:
+        said, _ = converter.communicate(timeout=30)
+    finally:
+        if converter.poll() is None:
+            converter.kill()
+            converter.wait()
+    assert converter.returncode == 3 and "SIGTERM" in said, said
+    assert not alive(decoders[0])
+    assert leftovers(dest) == []
