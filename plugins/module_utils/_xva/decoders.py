@@ -119,19 +119,21 @@ class ExternalDecoder(io.RawIOBase):
         self.command = " ".join([os.path.basename(argv[0])] + list(argv[1:]))
         self._compression = compression or os.path.basename(argv[0])
         self._stderr = tempfile.TemporaryFile()  # a file, never a pipe that can fill up
+        self._released = False
+        self._feed_error = None
+        self._outcome = None      # once the output ended: the exception to raise, or False
+        self._stopping = False
         try:
             # A session of its own: a terminal's Ctrl-C reaches us (SignalGuard), and we end the decoder.
             self._process = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                              stderr=self._stderr, bufsize=0, close_fds=True,
                                              start_new_session=True)
         except OSError:
+            self._released = True  # nothing started: close() (also from __del__) has nothing to end
             self._stderr.close()
             raise
         _widen_pipe(self._process.stdin)
         _widen_pipe(self._process.stdout)
-        self._feed_error = None
-        self._outcome = None      # once the output ended: the exception to raise, or False
-        self._stopping = False
         self._feeder = threading.Thread(target=self._feed, name="xva-decoder-feed")
         self._feeder.daemon = True  # a stalled source must not keep the process alive
         self._feeder.start()
@@ -195,8 +197,9 @@ class ExternalDecoder(io.RawIOBase):
         return lines[-1] if lines else ""
 
     def close(self):
-        if self.closed:
+        if self._released:
             return
+        self._released = True
         try:
             self._stop()
         finally:
