@@ -76,9 +76,18 @@ def make_disk(path, size, data_bytes, seed=7):
 
 
 def timed(cmd, shell=False, **kw):
+    return measured(cmd, shell, **kw)[0]
+
+
+def measured(cmd, shell=False, **kw):
+    """(wall seconds, CPU seconds) of ``cmd``: its processes' user + system time, children included
+    (a shell's command, an external decoder). The CPU time hardly moves with the machine's load."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, shell=shell, check=True, **kw)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def best(runs, func):
@@ -86,10 +95,14 @@ def best(runs, func):
 
 
 class Runs:
-    """The times of one case's runs: the best is the figure, the rest is its spread."""
+    """The times of one case's runs: the best is the figure, the rest is its spread. A run is a
+    wall time or (wall, CPU); ``cpu`` is the least CPU time of the runs, None when not measured."""
 
-    def __init__(self, times):
-        self.times = sorted(times)
+    def __init__(self, runs):
+        pairs = [run if isinstance(run, tuple) else (run, None) for run in runs]
+        self.times = sorted(wall for wall, _cpu in pairs)
+        cpus = [cpu for _wall, cpu in pairs if cpu is not None]
+        self.cpu = min(cpus) if cpus else None
 
     @property
     def best(self):
@@ -138,16 +151,13 @@ class Ours:
         if self.profile_dir is not None:
             path = self.profile_dir / ("%s.json" % case.replace(" ", "-").replace(",", "").replace("=", "-"))
             env["XEN2KVM_PROFILE"] = str(path)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        took = timed(convert_cmd(src, self.dest, with_urls), env=env)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        took, cpu = measured(convert_cmd(src, self.dest, with_urls), env=env)
         if self.profile_dir is not None:
             phases = json.loads(path.read_text())
             phases["wall"] = took
-            # The conversion's process and its children (an external decoder), user + system.
-            phases["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            phases["cpu"] = cpu
             self.profiles[case] = phases
-        return took
+        return took, cpu
 
 
 def peak_rss_mib(xva, dest):
@@ -161,18 +171,19 @@ def peak_rss_mib(xva, dest):
     return max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
 
 
+def shell_run(command):
+    return measured(command, shell=True)
+
+
 def anchor(xva, work):
     extract = work / "extract"
     shutil.rmtree(extract, ignore_errors=True)
     extract.mkdir()
     out = work / "anchor.raw"
     out.unlink(missing_ok=True)
-    start = time.perf_counter()
-    subprocess.run(["tar", "-xf", str(xva), "-C", str(extract)], check=True)
-    ref = next(p for p in extract.iterdir() if p.name.startswith("Ref:"))
-    subprocess.run(["xva-img", "-p", "disk-export", str(ref) + "/", str(out)], check=True,
-                   stdout=subprocess.DEVNULL)
-    took = time.perf_counter() - start
+    # One shell, so the glob of the extracted folder and both commands count in the same CPU time.
+    took = measured(["sh", "-c", 'tar -xf "$1" -C "$2" && xva-img -p disk-export "$2"/Ref:*/ "$3" > /dev/null',
+                     "anchor", str(xva), str(extract), str(out)])
     shutil.rmtree(extract)
     out.unlink()
     return took
@@ -181,7 +192,7 @@ def anchor(xva, work):
 def floor(raw, work):
     out = work / "floor.raw"
     out.unlink(missing_ok=True)
-    took = timed(["cp", "--sparse=always", str(raw), str(out)])
+    took = measured(["cp", "--sparse=always", str(raw), str(out)])
     out.unlink()
     return took
 
@@ -310,13 +321,13 @@ def run(args, work):
     rows.append(("plain XVA, XXH64", t_xx, "cp --sparse=always of the image", t_floor, "floor-xxhash"))
     t_zours = runs_of(n, lambda: ours("zstd XXH64", xvas["zstd"]))
     t_zlib = runs_of(n, lambda: ours("zstd XXH64, XEN2KVM_DECODER=library", xvas["zstd"], decoder="library"))
-    t_zstd = runs_of(n, lambda: timed("zstd -dc %s > /dev/null" % xvas["zstd"], shell=True))
+    t_zstd = runs_of(n, lambda: shell_run("zstd -dc %s > /dev/null" % xvas["zstd"]))
     rows.append(("zstd XVA, XXH64", t_zours, "zstd -dc > /dev/null", t_zstd, "zstd"))
     rows.append(("zstd XVA, XXH64, in process (XEN2KVM_DECODER=library)", t_zlib, "zstd -dc > /dev/null", t_zstd,
                  None))
     t_gours = runs_of(n, lambda: ours("gzip SHA-1", xvas["gzip"]))
     t_glib = runs_of(n, lambda: ours("gzip SHA-1, XEN2KVM_DECODER=library", xvas["gzip"], decoder="library"))
-    decoders = {d: runs_of(n, lambda d=d: timed("%s -dc %s > /dev/null" % (d, xvas["gzip"]), shell=True))
+    decoders = {d: runs_of(n, lambda d=d: shell_run("%s -dc %s > /dev/null" % (d, xvas["gzip"])))
                 for d in GZIP_DECODERS if shutil.which(d)}
     fastest = min(decoders, key=lambda d: decoders[d].best)
     rows.append(("gzip XVA, SHA-1", t_gours, "%s -dc > /dev/null (fastest of %s: %s s)" % (
@@ -369,28 +380,29 @@ def profile_row(case, phases):
                        - get("reading thread waiting for the writer", 0.0), 0.0),
     }
     cells = [get(p, 0.0) if p not in derived else derived[p] for p in PROFILE_PHASES]
-    return "| %s | %.2f | %.2f | %.2f | %s | %.2f |" % (
+    return "| %s | %.2f | %.2f | %.2f | %s | %.2f | %.2f |" % (
         case, get("wall", 0.0), get("cpu", 0.0), get("conversion", 0.0), " | ".join("%.2f" % c for c in cells),
-        get("reading thread waiting for the writer", 0.0))
+        get("final fsync", 0.0), get("reading thread waiting for the writer", 0.0))
 
 
 def profile_table(profiles):
-    lines = ["| case | wall (s) | CPU (s) | in convert_xva | %s | reading thread waiting for the writer |"
-             % " | ".join(PROFILE_PHASES),
-             "| --- |%s" % (" ---: |" * (len(PROFILE_PHASES) + 4))]
+    lines = ["| case | wall (s) | CPU (s) | in convert_xva | %s | of syncing: the final fsync "
+             "| reading thread waiting for the writer |" % " | ".join(PROFILE_PHASES),
+             "| --- |%s" % (" ---: |" * (len(PROFILE_PHASES) + 5))]
     lines += [profile_row(case, phases) for case, phases in profiles.items()]
     return "\n".join(lines)
 
 
 def report(args, rows, rss, profiles):
     lines = ["| case | ours (s) | ours: best / median / worst | reference | reference (s) "
-             "| reference: best / median / worst | ratio | target | met |",
-             "| --- | ---: | --- | --- | ---: | --- | ---: | ---: | --- |"]
+             "| reference: best / median / worst | ratio | target | met | CPU s, ours / reference | CPU ratio |",
+             "| --- | ---: | --- | --- | ---: | --- | ---: | ---: | --- | ---: | ---: |"]
     for case, t_ours, ref, t_ref, kind in rows:
         ratio = t_ours.best / t_ref.best
         target, met = ("≤ %.1f×" % TARGETS[kind], "yes" if ratio <= TARGETS[kind] else "NO") if kind else ("—", "—")
-        lines.append("| %s | %.2f | %s | %s | %.2f | %s | %.2f× | %s | %s |"
-                     % (case, t_ours.best, t_ours.spread(), ref, t_ref.best, t_ref.spread(), ratio, target, met))
+        lines.append("| %s | %.2f | %s | %s | %.2f | %s | %.2f× | %s | %s | %.2f / %.2f | %.2f× |"
+                     % (case, t_ours.best, t_ours.spread(), ref, t_ref.best, t_ref.spread(), ratio, target, met,
+                        t_ours.cpu, t_ref.cpu, t_ours.cpu / max(t_ref.cpu, 1e-3)))
     lines.append("")
     lines.append("| peak RSS of a conversion | MiB | target | met |")
     lines.append("| --- | ---: | --- | --- |")
