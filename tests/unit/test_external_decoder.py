@@ -21,6 +21,7 @@ from xva_writer import VM, Disk, write_xva
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.decoders import ExternalDecoder
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader import XvaError
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva import stream as stream_module
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.stream import SourceError, open_xva_stream
 
 MiB = 1 << 20
@@ -68,6 +69,7 @@ def only_on_path(monkeypatch, tmp_path, *tools):
             pytest.skip("%s is not installed" % tool)
         os.symlink(found, bindir / tool)
     monkeypatch.setenv("PATH", str(bindir))
+    monkeypatch.setenv("XEN2KVM_DECODER", "external")  # auto keeps zstd in the library
 
 
 def disk_bytes(size_mib, seed=1):
@@ -126,7 +128,7 @@ def test_each_decoder_gives_the_disks_the_library_gives(tmp_path, monkeypatch, v
     monkeypatch.setenv("XEN2KVM_DECODER", "library")
     assert decoder_in_use(xva) is None
     by_library = converted(xva, tmp_path / "library")
-    monkeypatch.setenv("XEN2KVM_DECODER", "auto")
+    monkeypatch.setenv("XEN2KVM_DECODER", "external")
     assert decoder_in_use(xva) == "%s -dc" % tool
     assert converted(xva, tmp_path / "external") == by_library == [d.image for d in vm.disks]
 
@@ -150,6 +152,18 @@ def test_gzip_as_parallel_compressors_write_it(tmp_path, monkeypatch, vm, tool, 
     by_external = converted(xva, tmp_path / "external")
     monkeypatch.setenv("XEN2KVM_DECODER", "library")
     assert converted(xva, tmp_path / "library") == by_external == [d.image for d in vm.disks]
+
+
+def test_auto_takes_igzip_for_gzip_and_the_library_for_zstd_unless_it_is_missing(tmp_path, monkeypatch, vm):
+    only_on_path(monkeypatch, tmp_path, "igzip", "zstd")
+    monkeypatch.setenv("XEN2KVM_DECODER", "auto")
+    for compression in ("gzip", "zstd"):
+        write_xva(str(tmp_path / ("%s.xva" % compression)), vm, compression=compression)
+    assert decoder_in_use(tmp_path / "gzip.xva") == "igzip -dc"
+    assert decoder_in_use(tmp_path / "zstd.xva") is None
+    monkeypatch.setattr(stream_module, "HAS_ZSTANDARD", False)  # a host without python3-zstandard
+    assert decoder_in_use(tmp_path / "zstd.xva") == "zstd -dc"
+    assert converted(tmp_path / "zstd.xva", tmp_path / "o") == [d.image for d in vm.disks]
 
 
 def test_no_decoder_on_the_host_uses_the_library(tmp_path, monkeypatch, vm):
