@@ -131,6 +131,9 @@ def _umount(point):
     return proc.stderr.strip()
 
 
+KILLED_RUN_DETACH_WAIT = 120.0
+
+
 def wait_until_detached(device, wait=10.0):
     """Whether a loop device whose detach the kernel deferred is free within ``wait`` s.
 
@@ -174,7 +177,10 @@ def release(record):
         except GuestError as exc:
             done = False
             failed.append(str(exc))
-        if not done and wait_until_detached(status["device"]):
+        # A killed run's dying mount namespace first writes back what the guest's commands
+        # left dirty (a dpkg unpack: hundreds of MiB through the loop device); on a busy host
+        # that takes longer than a normal detach.
+        if not done and wait_until_detached(status["device"], wait=KILLED_RUN_DETACH_WAIT):
             done = True
         if done:
             released.append("detached %s" % status["device"])
