@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The middle of `make test`: the integration tests in two lanes at once, because a TCG guest or
+# `make test` after the install: the tests in two lanes at once, because a TCG guest or
 # the libguestfs appliance keeps one core busy and the machines have two.
-#   lane 1 (foreground): integration tests not marked second_lane
+#   lane 1:              LANE1_FIRST (make test: unit, sanity, lint), then the integration tests
+#                        not marked second_lane
 #   lane 2 (beside it):  integration tests marked second_lane (the layout boots, the live-source
 #                        boots, the hostile guest in the appliance), then Molecule; its lines are
 #                        prefixed "[lane 2]"
@@ -30,7 +31,16 @@ setsid -w bash -c '
 ' lane2 "$REPO" "${MAKE_CMD[@]}" > >(sed -u 's/^/[lane 2] /' | tee "$lane2_log") 2>&1 &
 lane2=$!
 t0=$(date +%s)
-setsid -w "${MAKE_CMD[@]}" integration-lane1 > >(tee "$lane1_log") 2>&1 &   # in the background too, so a signal reaches the trap at once
+# in the background too, so a signal reaches the trap at once; with LANE1_FIRST (make test: unit
+# sanity lint) those steps run first in this lane, beside lane 2's long appliance tests
+# shellcheck disable=SC2016  # the inner script expands its own variables
+setsid -w bash -c '
+  for step in ${LANE1_FIRST:-} integration-lane1; do
+    t0=$(date +%s)
+    "$@" "$step" || exit $?
+    [[ $step == integration-lane1 ]] || echo "==> $step passed in $(( $(date +%s) - t0 ))s"
+  done
+' lane1 "${MAKE_CMD[@]}" > >(tee "$lane1_log") 2>&1 &
 lane1=$!
 # shellcheck disable=SC2317  # called from the trap
 stop_lanes() {
@@ -42,11 +52,15 @@ trap 'stop_lanes; rm -f "$lane1_log" "$lane2_log"; exit 130' INT TERM HUP
 
 wait "$lane1"
 rc1=$?
-echo "==> integration lane 1 $([[ $rc1 -eq 0 ]] && echo passed || echo FAILED) in $(( $(date +%s) - t0 ))s"
+echo "==> lane 1 $([[ $rc1 -eq 0 ]] && echo passed || echo FAILED) in $(( $(date +%s) - t0 ))s"
 wait "$lane2"
 rc2=$?
 trap - INT TERM HUP
 sleep 0.2  # the prefixing sed flushes its last lines
+if [[ $rc1 -ne 0 ]]; then
+  echo "==> lane 1 FAILED (exit $rc1); its last lines:"
+  tail -n 40 "$lane1_log"
+fi
 if [[ $rc2 -ne 0 ]]; then
   echo "==> lane 2 FAILED (exit $rc2); its last lines:"
   tail -n 60 "$lane2_log"
