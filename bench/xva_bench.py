@@ -338,8 +338,8 @@ def run(args, work):
     try:
         for label, key, short in (("plain XVA, XXH64", "xxhash", "plain XXH64"), ("zstd XVA, XXH64", "zstd", "zstd XXH64")):
             url = server.url(xvas[key])
-            t_file = runs_of(n, lambda key=key, short=short: ours("%s, file (ansible imported)" % short, xvas[key],
-                                                                 with_urls=True))
+            t_file = runs_of(n, lambda key=key, short=short: ours(
+                "%s, file (ansible imported)" % short, xvas[key], with_urls=True))
             t_http = runs_of(n, lambda url=url, short=short: ours("%s over HTTP" % short, url, with_urls=True))
             rows.append(("%s over HTTP, chunked" % label, t_http, "the same from the file", t_file, "http"))
     finally:

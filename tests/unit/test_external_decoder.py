@@ -111,8 +111,8 @@ def multi_member_gzip(plain, out):
     """gzip in three members, as ``cat a.gz b.gz c.gz`` or a parallel compressor writes it."""
     data = plain.read_bytes()
     third = len(data) // 3
-    out.write_bytes(b"".join(gzip.compress(part, 1) for part in (data[:third], data[third:2 * third],
-                                                                   data[2 * third:])))
+    parts = (data[:third], data[third:2 * third], data[2 * third:])
+    out.write_bytes(b"".join(gzip.compress(part, 1) for part in parts))
 
 
 @pytest.fixture
@@ -390,9 +390,9 @@ def test_sigterm_during_a_conversion_leaves_no_decoder(tmp_path, monkeypatch, vm
             assert decoders, "no zstd under the converter"
             time.sleep(0.3)
             converter.send_signal(signal.SIGTERM)
-            said, _ = converter.communicate(timeout=30)
+            said = converter.communicate(timeout=30)[0]
     except BrokenPipeError:
-        said, _ = converter.communicate(timeout=30)
+        said = converter.communicate(timeout=30)[0]
     finally:
         if converter.poll() is None:
             converter.kill()

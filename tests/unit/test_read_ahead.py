@@ -25,6 +25,7 @@ class Body(io.RawIOBase):
         self.hang = hang
         self.woken = threading.Event()
         self.closed_while_reading = False
+        self.was_closed = False
         self.reading = False
         self.interrupted = 0
 
@@ -37,8 +38,7 @@ class Body(io.RawIOBase):
             if not self.data:
                 if self.hang:
                     self.woken.wait(30)
-                    if self.closed:
-                        self.closed_while_reading = True
+                    self.closed_while_reading = self.was_closed
                 if self.error is not None:
                     raise self.error
                 return 0
@@ -52,6 +52,10 @@ class Body(io.RawIOBase):
     def interrupt(self):
         self.interrupted += 1
         self.woken.set()
+
+    def close(self):
+        self.was_closed = True
+        io.RawIOBase.close(self)
 
 
 def read_all(stream, sizes):
@@ -106,4 +110,4 @@ def test_close_ends_a_read_that_waits_for_a_silent_host():
     started = time.monotonic()
     stream.close()
     assert time.monotonic() - started < 5
-    assert body.interrupted == 1 and body.closed and not body.closed_while_reading
+    assert body.interrupted == 1 and body.was_closed and not body.closed_while_reading

@@ -139,7 +139,9 @@ class Conversion:
 
     def run(self):
         try:
-            with profile.timed("conversion"):
+            # From the start: opening the source already starts processes (ssh, a decoder) and
+            # threads that a signal must end through the ``with`` blocks, not by killing us.
+            with SignalGuard(self._interruption), profile.timed("conversion"):
                 return self._run()
         finally:
             profile.save()  # make bench PROFILE=1: where the time went (nothing when profiling is off)

@@ -638,7 +638,7 @@ class ReadAhead(io.RawIOBase):
         return size
 
     def close(self):
-        if self.closed:
+        if self._closing.is_set():
             return
         self._closing.set()
         self._free.put(None)  # wakes the thread when it waits for a free block
