@@ -244,14 +244,19 @@ def test_a_cut_off_stream_is_truncated(tmp_path, monkeypatch, vm, tool, compress
     assert leftovers(tmp_path / "o") == []
 
 
-def test_a_killed_decoder_fails_cleanly(tmp_path, monkeypatch, vm):
-    """zstd dies (SIGKILL) while it waits for the rest of a piped export."""
+def zstd_export_and_a_fifo(tmp_path, monkeypatch, vm):
+    """A zstd XVA's bytes and a FIFO to pipe them through, with zstd the only decoder on PATH."""
     only_on_path(monkeypatch, tmp_path, "zstd")
     xva = tmp_path / "x.xva"
     write_xva(str(xva), vm, compression="zstd")
-    data = xva.read_bytes()
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
+    return xva.read_bytes(), fifo
+
+
+def test_a_killed_decoder_fails_cleanly(tmp_path, monkeypatch, vm):
+    """zstd dies (SIGKILL) while it waits for the rest of a piped export."""
+    data, fifo = zstd_export_and_a_fifo(tmp_path, monkeypatch, vm)
     half_sent, killed = threading.Event(), threading.Event()
 
     def send():
@@ -366,12 +371,7 @@ def children_of(pid):
 def test_sigterm_during_a_conversion_leaves_no_decoder(tmp_path, monkeypatch, vm):
     """The module's SignalGuard raises in the main thread: the conversion ends with that message,
     nothing is left in dest, and no decoder outlives the converter."""
-    only_on_path(monkeypatch, tmp_path, "zstd")
-    xva = tmp_path / "x.xva"
-    write_xva(str(xva), vm, compression="zstd")
-    data = xva.read_bytes()
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
+    data, fifo = zstd_export_and_a_fifo(tmp_path, monkeypatch, vm)
     dest = tmp_path / "o"
     code = ("import sys; sys.path[:0] = %r;"
             "from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva\n"
