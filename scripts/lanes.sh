@@ -4,8 +4,8 @@
 #   lane 1:              LANE1_FIRST (make test: unit, sanity, lint), then the integration tests
 #                        not marked second_lane
 #   lane 2 (beside it):  integration tests marked second_lane (the layout boots, the live-source
-#                        boots, the hostile guest in the appliance), then Molecule; its lines are
-#                        prefixed "[lane 2]"
+#                        boots, the XAPI module tests, the hostile guest in the appliance), then
+#                        Molecule; its lines are prefixed "[lane 2]"
 # Both lanes run to the end; the exit status is non-zero when either failed. Each lane runs in its
 # own session; a signal to this script stops both sessions. Lane 2 has its own XDG_CACHE_HOME: the KVM
 # host slots of its playbooks (Molecule) must not hold up the slot tests of lane 1.

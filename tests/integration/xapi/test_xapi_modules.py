@@ -19,6 +19,10 @@ from xva_writer import Disk, Nic, VM, half_filled_disk, write_xva
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import xva_info
 from ansible.module_utils.urls import open_url
 
+# second_lane: only the XAPI double, sshd on 127.0.0.1 and their own files; make test runs these
+# beside the other integration tests (lane 1 was the long one)
+pytestmark = pytest.mark.second_lane
+
 MiB = 1 << 20
 PASSWORD = "Pool-pw-7c1f-not-in-output"
 REPO = Path(__file__).resolve().parents[3]

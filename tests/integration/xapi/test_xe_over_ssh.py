@@ -15,6 +15,10 @@ from sshd import free_port
 from xapi_double import XapiDouble, XapiVM
 from xva_writer import Disk, VM, half_filled_disk, write_xva
 
+# second_lane: only the XAPI double, sshd on 127.0.0.1 and their own files; make test runs these
+# beside the other integration tests (lane 1 was the long one)
+pytestmark = pytest.mark.second_lane
+
 MiB = 1 << 20
 PASSWORD = "Pool-pw-ssh-3b9e-not-in-output"
 FAKE_XE = Path(__file__).resolve().parents[2] / "lib" / "fake_xe.py"
