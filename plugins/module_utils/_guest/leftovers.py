@@ -25,7 +25,8 @@ import signal
 import subprocess
 import time
 
-from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import attached_loops, detach, loop_status
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import (
+    attached_loops, detach, io_counters, loop_status)
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import GuestError
 
 
@@ -134,15 +135,25 @@ def _umount(point):
 KILLED_RUN_DETACH_WAIT = 120.0
 
 
-def wait_until_detached(device, wait=10.0):
+def wait_until_detached(device, wait=10.0, busy_wait=None):
     """Whether a loop device whose detach the kernel deferred is free within ``wait`` s.
 
     The mount namespace of a killed sandboxed command (sandbox.py) is torn down after its
-    processes are gone, and only then lets go of the guest's filesystems.
+    processes are gone, and only then lets go of the guest's filesystems; first it writes back
+    what they left dirty. With ``busy_wait``, each ``wait`` s starts again while the device
+    still does I/O, up to ``busy_wait`` s in all: a device that writes back is waited for, a
+    stuck one is not.
     """
-    deadline = time.monotonic() + wait
+    start = time.monotonic()
+    deadline = start + wait
+    counters = io_counters(device)
     while loop_status(device) is not None:
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        latest = io_counters(device) if busy_wait else counters
+        if latest != counters:
+            counters = latest
+            deadline = min(now + wait, start + busy_wait)
+        if now > deadline:
             return False
         time.sleep(0.1)
     return True
@@ -179,8 +190,8 @@ def release(record):
             failed.append(str(exc))
         # A killed run's dying mount namespace first writes back what the guest's commands
         # left dirty (a dpkg unpack: hundreds of MiB through the loop device); on a busy host
-        # that takes longer than a normal detach.
-        if not done and wait_until_detached(status["device"], wait=KILLED_RUN_DETACH_WAIT):
+        # that takes longer than a normal detach, so it is waited for while it writes.
+        if not done and wait_until_detached(status["device"], busy_wait=KILLED_RUN_DETACH_WAIT):
             done = True
         if done:
             released.append("detached %s" % status["device"])

@@ -98,6 +98,12 @@ def _loop_sysfs_dirs():
                   key=lambda p: int(os.path.basename(p)[4:]))
 
 
+def io_counters(device):
+    """The device's I/O counters (/sys/block/<dev>/stat); None when the device is gone."""
+    text = _read_sys(os.path.join(SYS_BLOCK, os.path.basename(device), "stat"), None)
+    return None if text is None else text.split()
+
+
 def loop_status(device):
     """What ``device`` (/dev/loopN or loopN) maps now, from sysfs; None when unattached."""
     name = os.path.basename(device)
