@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "lib"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from xva_bench import GiB, MiB, best, link_collection, make_disk, timed, warm  # noqa: E402
+from xva_bench import GiB, MiB, best, link_collection, make_disk, timed, warm, write_blocks  # noqa: E402
 from xva_writer import VM, Disk, write_xva  # noqa: E402
 
 GOAL = 0.9
@@ -120,17 +120,10 @@ def report(args, rows):
     table = "\n".join(lines)
     print(table)
     if args.write_doc:
-        doc = Path(args.write_doc)
-        text = doc.read_text() if doc.exists() else "# Performance\n\n"
-        start, end = "<!-- bench-live:start -->", "<!-- bench-live:end -->"
-        block = ("%s\nLive export (issue 10), measured %s on %s (%d cores), `make bench BENCH=live`, best of %d "
-                 "runs; ratio = from a file / live:\n\n%s\n%s") % (
-            start, time.strftime("%Y-%m-%d"), os.uname().nodename, os.cpu_count(), args.runs, table, end)
-        if start in text and end in text:
-            text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-        doc.write_text(text)
+        body = ("Live export (issue 10), measured %s on %s (%d cores), `make bench BENCH=live`, best of %d "
+                "runs; ratio = from a file / live:\n\n%s") % (
+            time.strftime("%Y-%m-%d"), os.uname().nodename, os.cpu_count(), args.runs, table)
+        write_blocks(Path(args.write_doc), [("<!-- bench-live:start -->", "<!-- bench-live:end -->", body)])
 
 
 def main():
