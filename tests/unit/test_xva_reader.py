@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from xva_writer import VM, Disk, Nic, write_xva
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.convert import convert_xva, xva_info
+from ansible_collections.xen2kvm.migration.plugins.module_utils._xva import reader as reader_module
 from ansible_collections.xen2kvm.migration.plugins.module_utils._xva.reader import XvaError
 
 MiB = 1 << 20
@@ -398,6 +399,29 @@ def test_suspend_image_is_skipped_after_the_disks_too(tmp_path):
     xva = tmp_path / "s2.xva"
     write_xva(str(xva), vm, checksum="sha1", preserve_power_state=True, compression="gzip")
     assert image_bytes(convert_xva(str(xva), str(tmp_path / "o"))["disks"][0]["path"]) == root
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_only_the_images_kept_are_synced(tmp_path, two_disk_vm, monkeypatch, fmt):
+    """Raw images are flushed while written and fsynced before the rename; the raw file a qcow2
+    image is made from is deleted at once, so syncing it would only write the data twice."""
+    xva = tmp_path / "s.xva"
+    write_xva(str(xva), two_disk_vm)
+    synced = []
+    for name in ("fsync", "fdatasync"):
+        def record(fd, real=getattr(os, name)):
+            synced.append(os.readlink("/proc/self/fd/%d" % fd))
+            return real(fd)
+        monkeypatch.setattr(os, name, record)
+    monkeypatch.setattr(reader_module._Writer, "FLUSH_EVERY", MiB)  # the flusher's turn comes
+    disks = convert_xva(str(xva), str(tmp_path / "o"), fmt=fmt)["disks"]
+    raw_temps = [p for p in synced if ".xen2kvm-part" in p and p.endswith(".raw")]
+    qcow2_temps = [p for p in synced if ".xen2kvm-part" in p and p.endswith(".qcow2")]
+    if fmt == "raw":
+        # each image: at least one flush on the way and the final fsync
+        assert len(raw_temps) >= 2 * len(disks) and len(set(raw_temps)) == len(disks) and not qcow2_temps
+    else:
+        assert not raw_temps and len(set(qcow2_temps)) == len(disks)
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])

@@ -313,10 +313,14 @@ class Conversion:
             return written, total, extra
 
         with ProgressReporter(self.status_file, snapshot):
-            reader = XvaReader(xva.tar, targets, xva.vdi_ids, self.verify, hash_in_reader=xva.compression is None)
+            # A raw file that becomes qcow2 is read back at once and deleted: only the qcow2 image
+            # is synced (images.convert_raw_to_qcow2), so the raw one need not reach the disk.
+            durable = self.fmt == "raw"
+            reader = XvaReader(xva.tar, targets, xva.vdi_ids, self.verify, hash_in_reader=xva.compression is None,
+                               durable=durable)
             translate_stream_errors(reader.run)
             with profile.timed("syncing"), profile.timed("final fsync"):  # the part nothing overlaps
-                for fd in self._fds:
+                for fd in self._fds if durable else ():
                     os.fsync(fd)
             self._close_fds()
             finals = [self._finish_image(disk, target, temp, path, guard) for disk, target, temp, path in order]

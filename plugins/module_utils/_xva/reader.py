@@ -188,17 +188,19 @@ class _Flusher(threading.Thread):
 
 class _Writer(threading.Thread):
     """Writes (and, for compressed streams, verifies) chunks handed over by the reading thread.
-    Buffers go back to ``free`` once written, so memory stays constant."""
+    Buffers go back to ``free`` once written, so memory stays constant.  Every ``flush_every``
+    bytes the flusher starts writeback; None: never (an intermediate file nobody fsyncs)."""
 
     FLUSH_EVERY = 128 << 20
 
-    def __init__(self, free):
+    def __init__(self, free, flush_every=FLUSH_EVERY):
         threading.Thread.__init__(self, name="xva-writer")
         self.daemon = True
         self.items = queue.Queue(QUEUE_DEPTH)
         self.free = free
         self.error = None
         self.flusher = _Flusher()
+        self.flush_every = flush_every
         self._unflushed = 0
 
     def run(self):
@@ -238,7 +240,7 @@ class _Writer(threading.Thread):
         if written != len(data):
             raise XvaError("short write to %s at offset %d (disk full?)" % (target.path, offset))
         self._unflushed += written
-        if self._unflushed >= self.FLUSH_EVERY:
+        if self.flush_every is not None and self._unflushed >= self.flush_every:
             self._unflushed = 0
             self.flusher.wanted.put(target.fd)
 
@@ -260,14 +262,19 @@ class XvaReader:
     ``hash_in_reader``: on a plain stream reading is cheap, so the reading thread hashes every
     other chunk and the writer the rest besides writing; on a compressed stream decompression
     keeps the reading thread busy, so the writer hashes everything.  Either way both cores work.
+
+    ``durable``: the images are the result, so writeback starts while they are written and the
+    caller's final fsync waits only for the tail; False for an intermediate (the raw file a
+    qcow2 image is made from), which need never reach the disk.
     """
 
-    def __init__(self, tar, targets, known_vdis, verify_checksums=True, hash_in_reader=True):
+    def __init__(self, tar, targets, known_vdis, verify_checksums=True, hash_in_reader=True, durable=True):
         self.tar = tar
         self.targets = targets
         self.known_vdis = known_vdis
         self.verify = verify_checksums
         self.hash_in_reader = hash_in_reader
+        self.durable = durable
         self._pending = None
         self.current = None
         self._hash_turn = False
@@ -303,7 +310,7 @@ class XvaReader:
         return suffix, text
 
     def run(self):
-        writer = _Writer(self.free)
+        writer = _Writer(self.free, _Writer.FLUSH_EVERY if self.durable else None)
         writer.start()
         try:
             # The reading thread's own wall time: with the tar stream's reads, its hashing and
