@@ -41,6 +41,8 @@ from pathlib import Path
 
 from guest_factory import _debugfs, run
 
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import host_mount_points
+
 PROBE_LOG = "/var/log/xen2kvm-probe.log"
 PROBE_PROGRAM = "/usr/local/sbin/xen2kvm-probe"
 MARKER_PREFIX = "xen2kvm-probe-"
@@ -187,12 +189,32 @@ def read_probe_log(guest) -> list:
     return entries
 
 
-def host_markers(targets: HostTargets) -> list:
-    """Every probe marker this host shows where the probes aim: its own /tmp and /root, and
-    those of every process's root (other mount namespaces, private /tmp of services)."""
+def _mount_points(pid: str) -> list:
+    """The mount points process ``pid`` sees; none once it is gone."""
+    try:
+        return host_mount_points("/proc/%s/mountinfo" % pid)
+    except OSError:
+        return []
+
+
+def _filesystem_roots() -> list:
+    """Where a marker may sit: the host's root, every process's root, and every mount point each
+    process sees (a guest mounted in another mount namespace whose chroot'd process the probes
+    reached may have no process inside it now, yet a later one brings its /tmp back into view)."""
+    roots = ["/"]
+    for proc_root in glob.glob("/proc/[0-9]*/root"):
+        pid = proc_root.split("/")[2]
+        roots.append(proc_root)
+        roots.extend(proc_root + point for point in _mount_points(pid) if point != "/")
+    return roots
+
+
+def _marker_views(targets: HostTargets) -> dict:
+    """(st_dev, st_ino) -> every path a probe marker is seen by, shortest first: one file shows
+    through the root of every process that shares its filesystem."""
     pattern = MARKER_PREFIX + targets.token + "-*"
-    found = {}  # (st_dev, st_ino) -> the shortest path: one file seen through many roots
-    for root in ["/"] + glob.glob("/proc/[0-9]*/root"):
+    views = {}
+    for root in _filesystem_roots():
         for directory in ("tmp", "root", "dev"):
             try:
                 paths = glob.glob(os.path.join(root, directory, pattern))
@@ -203,19 +225,31 @@ def host_markers(targets: HostTargets) -> list:
                     st = os.lstat(path)
                 except OSError:
                     continue
-                key = (st.st_dev, st.st_ino)
-                if key not in found or len(path) < len(found[key]):
-                    found[key] = path
-    return sorted(found.values())
+                views.setdefault((st.st_dev, st.st_ino), []).append(path)
+    return {key: sorted(paths, key=len) for key, paths in views.items()}
 
 
-def remove_host_markers(targets: HostTargets) -> list:
-    """Remove what host_markers finds (the control run's markers); returns what was removed."""
+def host_markers(targets: HostTargets) -> list:
+    """Every probe marker this host shows where the probes aim: its own /tmp and /root, and
+    those of every process's root (other mount namespaces, private /tmp of services)."""
+    return sorted(paths[0] for paths in _marker_views(targets).values())
+
+
+def remove_host_markers(targets: HostTargets, passes: int = 5) -> list:
+    """Remove what host_markers finds (the control run's markers); returns what was removed.
+    A path through /proc/PID/root goes with its process, so each marker is tried through every
+    root that shows it, and the search repeats until it finds none."""
     removed = []
-    for path in host_markers(targets):
-        try:
-            os.unlink(path)
-            removed.append(path)
-        except FileNotFoundError:
-            continue
+    for _pass in range(passes):
+        views = _marker_views(targets)
+        if not views:
+            break
+        for paths in views.values():
+            for path in paths:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    continue
+                removed.append(path)
+                break
     return removed

@@ -118,10 +118,10 @@ def _unescape_mountinfo(field):
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def host_mount_points():
-    """Mount points of this mount namespace, from /proc/self/mountinfo."""
+def host_mount_points(mountinfo="/proc/self/mountinfo"):
+    """Mount points of this mount namespace, from /proc/self/mountinfo (or another process's)."""
     points = []
-    with open("/proc/self/mountinfo") as fobj:
+    with open(mountinfo) as fobj:
         for line in fobj:
             fields = line.split()
             if len(fields) > 4:

@@ -26,13 +26,17 @@ pytestmark = [
 ]
 
 KILLED_CHILD = r"""
-import json, subprocess, sys, time
+import json, os, subprocess, sys, time
 sys.path.insert(0, sys.argv[1])
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.mount import GuestMount
 with GuestMount([sys.argv[2]]) as guest:
     sleeper = None
     if sys.argv[3]:
         sleeper = subprocess.Popen(["chroot", guest.root, "/bin/sleep", "300"]).pid
+        # Popen returns once chroot(8) is exec'd, maybe before its chroot(2): report it once inside.
+        deadline = time.time() + 30
+        while os.readlink("/proc/%d/root" % sleeper) != guest.root and time.time() < deadline:
+            time.sleep(0.05)
     print(json.dumps({"root": guest.root, "sleeper": sleeper}), flush=True)
     time.sleep(300)
 """
@@ -66,15 +70,16 @@ def killed_after_report(script, *args):
 
 def test_next_mount_releases_what_a_killed_run_left(mbr_image):
     info, child_pid = killed_after_report(KILLED_CHILD, COLLECTIONS, mbr_image, BUSYBOX or "")
-    # What SIGKILL leaves: the guest mounted, its loop devices, a process in the chroot.
-    assert os.path.ismount(info["root"]) and loops_for_file(mbr_image)
-    if info["sleeper"]:
-        assert rooted_in(info["root"]) == [info["sleeper"]]
+    # What SIGKILL leaves: the guest mounted, its loop devices, a process in the chroot.  Looked at
+    # first and asserted after the next mount, which releases them even when an assert fails.
+    left = {"mounted": os.path.ismount(info["root"]), "loops": bool(loops_for_file(mbr_image)),
+            "in the chroot": rooted_in(info["root"]) if info["sleeper"] else None}
 
     with GuestMount([mbr_image]) as guest:
-        assert guest.released and "pid %d" % child_pid in guest.released[0]
-        assert guest.mounts  # the image could be mounted again
-        new_root = guest.root
+        released, remounted, new_root = guest.released, bool(guest.mounts), guest.root
+    assert left == {"mounted": True, "loops": True, "in the chroot": [info["sleeper"]] if info["sleeper"] else None}
+    assert released and "pid %d" % child_pid in released[0]
+    assert remounted  # the image could be mounted again
     assert_clean(mbr_image, info["root"])
     assert_clean(mbr_image, new_root)
     assert rooted_in(info["root"]) == []
