@@ -73,18 +73,12 @@ def needs_grub_mkconfig(guest, facts):
 
 
 def _grub_install(guest, engine, argv):
-    """grub-install reads the disk's partition table through the whole-disk device; in the
-    appliance it has (rarely, and not reproducibly) read it stale right after the filesystems
-    changed and taken the disk for a partition ("cross-disk install").  The disk's cache is dropped
-    before, and once more before the one retry that error gets."""
-    if guest.check_mode:
-        return guest.run(argv, "boot code into the MBR of the boot disk")
-    engine.flush_disks()
-    result = guest.run(argv, "boot code into the MBR of the boot disk", check=False)
-    if result.returncode != 0 and "cross-disk" in (result.stderr or "") + (result.stdout or ""):
+    """grub-install reads the partition table and the embedding area through the whole-disk
+    device, while the fixups wrote through the filesystems: the disks' caches are written out
+    and dropped first."""
+    if not guest.check_mode:
         engine.flush_disks()
-        result = guest.run(argv, "boot code into the MBR of the boot disk (read again from the disk)", check=False)
-    return result
+    return guest.run(argv, "boot code into the MBR of the boot disk", check=False)
 
 
 @contextmanager

@@ -52,6 +52,8 @@ SCRATCH = "/tmp/.xen2kvm-run"
 CLEANUP_SIGNALS = ("SIGTERM", "SIGHUP")
 APPLIANCE_MEMORY_MIB = 1024  # update-initramfs and apt in the appliance need more than the default
 APPLIANCE_MAX_CPUS = 4
+# Where the appliance's udev links each drive by its label (libguestfs' add_drive_opts label=).
+LABELLED_DRIVES = "/dev/disk/guestfs/"
 
 
 class GuestInterrupted(GuestError):
@@ -109,6 +111,14 @@ def appliance_cpus():
         return max(1, min(APPLIANCE_MAX_CPUS, int(os.environ.get("XEN2KVM_APPLIANCE_CPUS", "1"))))
     except ValueError:
         return 1
+
+
+def drive_label(index):
+    """The label of the index-th disk.  The API's /dev/sdX names follow the order the disks were
+    added and libguestfs translates them, but the appliance's kernel may enumerate the drives in
+    another order (the appliance's own disk first): /dev/sda in a command's arguments is then
+    another disk.  Commands name a disk by its label link instead."""
+    return "disk" + disk_letters(index)
 
 
 class ApplianceSession:
@@ -181,8 +191,8 @@ class ApplianceSession:
             handle.set_memsize(APPLIANCE_MEMORY_MIB)
         # apt and update-initramfs in the appliance use more than one CPU (TCG too is multi-threaded)
         handle.set_smp(appliance_cpus())
-        for disk in self.disks:
-            handle.add_drive_opts(disk, format="raw", readonly=self.readonly)
+        for index, disk in enumerate(self.disks):
+            handle.add_drive_opts(disk, format="raw", readonly=self.readonly, label=drive_label(index))
         self.g = handle
         try:
             handle.launch()
@@ -361,7 +371,8 @@ class ApplianceSession:
 
     @property
     def boot_disk(self):
-        return self.g.list_devices()[0]
+        """The first disk as a command in the appliance must name it (see drive_label)."""
+        return LABELLED_DRIVES + drive_label(0)
 
     def grub_core_modules(self, mapping):
         return None  # grub-install sees the real disk here and picks them itself

@@ -348,6 +348,26 @@ def test_run_honours_its_timeout(session):
     assert time.monotonic() - started < 12
 
 
+def test_commands_reach_the_first_disk_through_boot_disk(session):
+    """grub-install gets boot_disk.  The appliance's kernel may enumerate its own disk before the
+    guest's, and libguestfs translates the API's /dev/sda but not a command's arguments: the
+    CI run of stop 17 installed to the appliance's disk that way ("cross-disk install")."""
+    def head_through_a_command(device):
+        return session.run(["sh", "-c", 'head -c 65536 "$1" | sha256sum', "sh", device]).stdout.split()[0]
+
+    session.g.sync()
+    kernel_name = session.run(["readlink", "-f", session.boot_disk]).stdout.strip()
+    guest_head = hashlib.sha256(session.g.pread_device(session.g.list_devices()[0], 65536, 0)).hexdigest()
+    assert head_through_a_command(session.boot_disk) == guest_head  # the API's name is translated
+    others = session.run(["sh", "-c", "ls /sys/block | grep '^sd'"]).stdout.split()
+    assert os.path.basename(kernel_name) in others, (kernel_name, others)
+    appliance_disks = [name for name in others if "/dev/" + name != kernel_name]
+    assert appliance_disks, others  # the appliance's own disk is there too, under another name
+    for name in appliance_disks:
+        assert head_through_a_command("/dev/" + name) != guest_head
+    print("boot disk: %s -> %s; kernel disks: %s" % (session.boot_disk, kernel_name, " ".join(others)))
+
+
 def test_commands_cannot_see_the_host(session, tmp_path):
     marker = tmp_path / ("x2k-host-marker-" + uuid.uuid4().hex)
     marker.write_text("host\n")
