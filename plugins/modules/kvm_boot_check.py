@@ -24,6 +24,10 @@ description:
     message names each holder (command and pid, loop device, mount point).
   - On timeout, or when the domain stops before booting, the module fails with the last 40 lines
     of the console in its message.
+  - When QEMU pauses the domain on a disk error (by default it does so when a write to an image
+    fails because the KVM host's filesystem is full), the module fails at once, naming each disk
+    and its error, instead of waiting out O(timeout) beside a paused guest. The domain is left
+    paused, so that it can be resumed once there is space.
 author:
   - xen2kvm developers (@xen2kvm)
 attributes:

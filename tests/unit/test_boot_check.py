@@ -27,8 +27,15 @@ class FakeDom:
         if self.on_create:
             self.on_create()
 
+    paused = None              # (reason, {disk: virDomainDiskErrorCode}) once qemu paused it
+
     def state(self):
+        if self.paused:
+            return (3, self.paused[0])
         return (1 if self.active else 5, 0)
+
+    def diskErrors(self, flags=0):
+        return dict(self.paused[1]) if self.paused else {}
 
 
 class FakeConn:
@@ -166,6 +173,39 @@ def test_domain_stops(env):
     clock.hooks[clock.now + 4] = lambda: setattr(dom, "active", False)
     with pytest.raises(bc.BootCheckError, match="stopped after 4 s"):
         run(clock, timeout=30)
+
+
+def test_a_guest_paused_on_a_full_disk_fails_at_once(env):
+    log, state = env
+    clock = Clock()
+    dom = FakeDom(str(log), on_create=lambda: log.write_text("Booting Debian\nLoading initial ramdisk\n"))
+    state["dom"] = dom
+    clock.hooks[clock.now + 7] = lambda: setattr(dom, "paused", (5, {"vda": 2, "vdb": 0}))
+    with pytest.raises(bc.BootCheckError) as err:
+        run(clock, timeout=900)
+    assert "paused after 7 s on a disk error (vda: no space left on the KVM host's filesystem" in str(err.value)
+    assert "vdb" not in str(err.value)
+    assert err.value.details["tail"].endswith("Loading initial ramdisk")
+    assert err.value.details["state"] == "paused" and err.value.details["started"]
+
+
+def test_a_paused_guest_without_a_disk_error_is_waited_for(env):
+    """Paused by someone (reason 'user'), not by qemu: it may be resumed, so the timeout decides."""
+    log, state = env
+    clock = Clock()
+    dom = FakeDom(str(log), active=True)
+    dom.paused = (1, {})
+    state["dom"] = dom
+    clock.hooks[clock.now + 5] = lambda: (setattr(dom, "paused", None), log.write_text("vm login: "))
+    assert run(clock, timeout=60)["seconds"] == 5.0
+
+
+def test_io_error_pause_names_an_unknown_error():
+    dom = FakeDom("/nonexistent")
+    dom.paused = (5, {"sda": 1})
+    assert bc.io_error_pause(dom) == "sda: an I/O error"
+    dom.paused = (5, {})
+    assert bc.io_error_pause(dom) == "a disk error libvirt did not name"
 
 
 def test_check_mode_and_errors(env):

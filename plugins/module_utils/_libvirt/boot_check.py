@@ -84,6 +84,29 @@ def tail(lines, count=TAIL_LINES):
     return "\n".join(lines[-count:])
 
 
+# libvirt's virDomainState / virDomainPausedReason / virDomainDiskErrorCode values (stable ABI)
+_PAUSED, _PAUSED_IOERROR = 3, 5
+_DISK_ERRORS = {1: "an I/O error", 2: "no space left on the KVM host's filesystem holding it"}
+
+
+def io_error_pause(dom):
+    """What stopped the guest when qemu paused it on a disk error, else None.
+
+    qemu pauses a guest whose image write fails with ENOSPC (its default werror=enospc) rather
+    than hand the guest an error; without this the guest would sit paused until the timeout.
+    """
+    state, reason = dom.state()[:2]
+    if state != _PAUSED or reason != _PAUSED_IOERROR:
+        return None
+    try:
+        errors = dom.diskErrors() or {}
+    except libvirt.libvirtError:
+        errors = {}
+    found = ["%s: %s" % (disk, _DISK_ERRORS.get(code, "error %s" % code))
+             for disk, code in sorted(errors.items()) if code]
+    return "; ".join(found) or "a disk error libvirt did not name"
+
+
 def _probe(dom, log_path, offset, regex, wait_for):
     """One look: ("login"|"agent", lines) when booted, (None, lines) otherwise."""
     lines = console_lines(log_path, offset) if log_path else []
@@ -142,6 +165,13 @@ def boot_check(params, check_mode=False, clock=time.monotonic, sleep=time.sleep)
                 result.update(method=method, seconds=round(elapsed, 1), banner="\n".join(lines),
                               state=domain_state(dom))
                 return result
+            disk_error = io_error_pause(dom)
+            if disk_error:
+                raise BootCheckError(
+                    "domain %s paused after %.0f s on a disk error (%s); last console lines:\n%s"
+                    % (params["name"], elapsed, disk_error, tail(lines)), tail=tail(lines),
+                    started=result["started"], changed=result["changed"], seconds=round(elapsed, 1),
+                    state="paused")
             if not dom.isActive():
                 raise BootCheckError(
                     "domain %s stopped after %.0f s before it booted; last console lines:\n%s"

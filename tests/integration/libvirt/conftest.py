@@ -269,14 +269,18 @@ def _cpio_newc(entries):
     return bytes(out)
 
 
-def make_initramfs(path, init_script, busybox="/bin/busybox"):
-    """A gzip newc initramfs holding a static busybox and ``/init``."""
+def make_initramfs(path, init_script, busybox="/bin/busybox", files=None):
+    """A gzip newc initramfs holding a static busybox, ``/init`` and ``files`` ({name: path},
+    at the top level: kernel modules for busybox insmod, say)."""
     with open(busybox, "rb") as f:
         bb = f.read()
     d, r, x, lnk = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644, stat.S_IFREG | 0o755, stat.S_IFLNK | 0o777
     entries = [("bin", d, b""), ("dev", d, b""), ("proc", d, b""), ("sys", d, b""),
                ("bin/busybox", x, bb), ("bin/sh", lnk, b"busybox"),
                ("init", x, init_script.encode()), ("etc", d, b""), ("etc/hostname", r, b"x2k\n")]
+    for name, source in sorted((files or {}).items()):
+        with open(source, "rb") as f:
+            entries.append((name, r, f.read()))
     with open(path, "wb") as f:
         f.write(gzip.compress(_cpio_newc(entries), 6))
 
@@ -298,7 +302,7 @@ def qemu_tmp():
 
 @pytest.fixture(scope="session")
 def boot_kit():
-    """{"kernel": path, "make_initramfs": fn(name, init) -> path} or skip."""
+    """{"kernel": path, "make_initramfs": fn(name, init, files=None) -> path} or skip."""
     if not os.path.exists("/bin/busybox") or not _is_static_elf("/bin/busybox"):
         pytest.skip("needs a static /bin/busybox (Debian: apt-get install busybox-static)")
     kernel = _find_kernel() or _fetch_kernel()
@@ -310,13 +314,33 @@ def boot_kit():
     shutil.copyfile(kernel, str(local))
     os.chmod(str(local), 0o644)
 
-    def initramfs(name, init_script):
+    def initramfs(name, init_script, files=None):
         path = base / ("%s.cpio.gz" % name)
-        make_initramfs(str(path), init_script)
+        make_initramfs(str(path), init_script, files=files)
         return str(path)
 
     yield {"kernel": str(local), "make_initramfs": initramfs}
     shutil.rmtree(str(base), ignore_errors=True)
+
+
+@pytest.fixture(name="kernel_with_modules")
+def kernel_with_modules_fixture():
+    return kernel_with_modules
+
+
+def kernel_with_modules(modules, directory):
+    """(kernel, {name: path}) for a guest that loads ``modules`` (paths under
+    /lib/modules/<release>/, uncompressed) with busybox insmod: an installed /boot kernel that has
+    them, copied into ``directory`` for qemu, and the modules for make_initramfs's ``files``; or skip."""
+    for kernel in sorted(glob.glob("/boot/vmlinuz-*"), reverse=True):
+        release_dir = "/lib/modules/%s" % kernel.split("vmlinuz-", 1)[1]
+        found = {os.path.basename(m): os.path.join(release_dir, m) for m in modules}
+        if all(os.path.isfile(path) for path in found.values()):
+            local = os.path.join(str(directory), "vmlinuz")
+            shutil.copyfile(kernel, local)
+            os.chmod(local, 0o644)
+            return local, found
+    pytest.skip("no /boot/vmlinuz-* with these modules (uncompressed) in /lib/modules: %s" % ", ".join(modules))
 
 
 # Under TCG on a loaded host the kernel may calibrate the TSC badly and stall after switching
@@ -324,8 +348,9 @@ def boot_kit():
 BOOT_CMDLINE = "console=ttyS0 panic=-1 tsc=unstable"
 
 
-def kernel_domain_xml(name, kernel, initrd, cmdline=BOOT_CMDLINE, memory_mib=128):
-    """A disk-less TCG domain booting ``kernel`` + ``initrd``, its serial port logged."""
+def kernel_domain_xml(name, kernel, initrd, cmdline=BOOT_CMDLINE, memory_mib=128, devices=""):
+    """A TCG domain booting ``kernel`` + ``initrd``, its serial port logged; disk-less unless
+    ``devices`` (device XML) adds one."""
     return """<domain type='qemu'>
   <name>{name}</name>
   <memory unit='MiB'>{mem}</memory>
@@ -340,7 +365,7 @@ def kernel_domain_xml(name, kernel, initrd, cmdline=BOOT_CMDLINE, memory_mib=128
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
-  <devices>
+  <devices>{devices}
     <serial type='pty'>
       <log file='/var/log/libvirt/qemu/{name}-serial.log' append='off'/>
       <target port='0'/>
@@ -349,16 +374,18 @@ def kernel_domain_xml(name, kernel, initrd, cmdline=BOOT_CMDLINE, memory_mib=128
     <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
     <memballoon model='none'/>
   </devices>
-</domain>""".format(name=name, mem=memory_mib, kernel=kernel, initrd=initrd, cmdline=cmdline)
+</domain>""".format(name=name, mem=memory_mib, kernel=kernel, initrd=initrd, cmdline=cmdline, devices=devices)
 
 
 @pytest.fixture
 def kernel_domain(conn, domain_name, boot_kit):
-    """kernel_domain(init_script, cmdline=...) defines the disk-less domain ``domain_name``."""
+    """kernel_domain(init_script, cmdline=..., kernel=..., files=..., devices=...) defines the
+    domain ``domain_name`` (the boot kit's kernel, no disk, unless told otherwise)."""
 
-    def define(init_script, cmdline=BOOT_CMDLINE):
-        initrd = boot_kit["make_initramfs"](domain_name, init_script)
-        conn.defineXML(kernel_domain_xml(domain_name, boot_kit["kernel"], initrd, cmdline))
+    def define(init_script, cmdline=BOOT_CMDLINE, kernel=None, files=None, devices=""):
+        initrd = boot_kit["make_initramfs"](domain_name, init_script, files=files)
+        conn.defineXML(kernel_domain_xml(domain_name, kernel or boot_kit["kernel"], initrd, cmdline,
+                                         devices=devices))
         return domain_name
 
     return define

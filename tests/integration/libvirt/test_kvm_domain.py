@@ -355,6 +355,62 @@ def test_boot_check_timeout(conn, kernel_domain, run_module):
     assert r["started"]
 
 
+# insmod order: each after what it depends on
+VIRTIO_BLK_MODULES = ("kernel/drivers/virtio/virtio.ko", "kernel/drivers/virtio/virtio_ring.ko",
+                      "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
+                      "kernel/drivers/virtio/virtio_pci_modern_dev.ko", "kernel/drivers/virtio/virtio_pci.ko",
+                      "kernel/drivers/block/virtio_blk.ko")
+
+DISK_FILLING_INIT = """#!/bin/sh
+/bin/busybox mount -t devtmpfs dev /dev
+for m in %s; do /bin/busybox insmod /$m; done
+echo "xen2kvm-marker: writing 64 MiB to vda"
+/bin/busybox dd if=/dev/zero of=/dev/vda bs=1M count=64 conv=fsync
+echo "xen2kvm-marker: the write came back"
+printf "xen2kvm-test login: "
+exec /bin/busybox sleep 100000
+""" % " ".join(os.path.basename(m) for m in VIRTIO_BLK_MODULES)
+
+
+@pytest.fixture
+def full_filesystem(qemu_tmp):
+    """A 16 MiB tmpfs the guest's disk image lives on: the image is sparse and larger."""
+    mountpoint = qemu_tmp / "small-fs"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "x2k-it-full", str(mountpoint)],
+                   check=True)
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.mark.slow
+def test_boot_check_fails_at_once_on_a_guest_paused_on_a_full_disk(full_filesystem, conn, kernel_domain,
+                                                                   kernel_with_modules, run_module):
+    """qemu pauses a guest whose image write fails with ENOSPC; the boot check must say so at
+    once instead of waiting out its timeout beside a paused guest."""
+    kernel, modules = kernel_with_modules(VIRTIO_BLK_MODULES, full_filesystem.parent)
+    image = full_filesystem / "disk.raw"
+    with open(str(image), "wb") as f:
+        f.truncate(256 << 20)
+    disk = """
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/>
+      <source file='%s'/><target dev='vda' bus='virtio'/></disk>""" % image
+    domain_name = kernel_domain(DISK_FILLING_INIT, kernel=kernel, files=modules, devices=disk)
+
+    r = run_module("kvm_boot_check", {"name": domain_name, "timeout": 600, "wait_for": "login",
+                                      "poll_interval": 0.5})
+
+    assert r.get("failed"), r
+    assert "paused after" in r["msg"], r["msg"]
+    assert "vda: no space left on the KVM host's filesystem holding it" in r["msg"]
+    assert "xen2kvm-marker: writing 64 MiB to vda" in r["tail"]
+    assert "the write came back" not in r["tail"]
+    assert r["seconds"] < 300, "waited %s s beside a paused guest" % r["seconds"]
+    assert r["state"] == "paused"
+    state, reason = conn.lookupByName(domain_name).state()
+    assert (state, reason) == (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR)
+
+
 def test_boot_check_missing_and_stopped(conn, kernel_domain, run_module):
     r = run_module("kvm_boot_check", {"name": "x2k-it-does-not-exist"})
     assert r.get("failed") and "does not exist" in r["msg"]

@@ -6,10 +6,7 @@ The running domains boot from empty images (no guest OS: SeaBIOS finds nothing t
 which is enough for libvirt and QEMU to hold the NICs; their link state is read back from the
 live and the inactive XML, and the qemu process is the same before and after the switch.  NICs are user-mode (``<interface type='user'>``).
 """
-import glob
-import gzip
 import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -254,7 +251,7 @@ CARRIER_INIT = """#!/bin/sh
 bb=/bin/busybox
 $bb mount -t devtmpfs dev /dev
 $bb mount -t sysfs sys /sys
-for m in %s; do $bb insmod /modules/$m || echo "x2k-insmod-failed $m"; done
+for m in %s; do $bb insmod /$m || echo "x2k-insmod-failed $m"; done
 nic=$($bb ls /sys/class/net | $bb grep -v '^lo$' | $bb head -n 1)
 $bb ip link set "$nic" up
 $bb sleep 1
@@ -272,31 +269,6 @@ X2K_METADATA = ("<metadata><x2k:migration xmlns:x2k='urn:xen2kvm:migration:1'><x
                 "</x2k:source-name></x2k:migration></metadata>")
 
 
-def _kernel_with_modules():
-    """(kernel, modules dir) of an installed kernel that has the virtio NIC modules, or skip."""
-    for kernel in sorted(glob.glob("/boot/vmlinuz-*"), reverse=True):
-        modules = "/lib/modules/%s" % kernel.split("vmlinuz-", 1)[1]
-        if all(os.path.isfile(os.path.join(modules, m)) for m in NIC_MODULES):
-            return kernel, modules
-    pytest.skip("no /boot/vmlinuz-* with the virtio_net modules (uncompressed) in /lib/modules")
-
-
-def _append_modules(initramfs, modules_dir, work):
-    """Append a second cpio archive holding the NIC modules under /modules: the kernel unpacks
-    concatenated archives one after the other."""
-    if not shutil.which("cpio"):
-        pytest.skip("cpio missing")
-    tree = work / "modules-tree"
-    (tree / "modules").mkdir(parents=True)
-    for module in NIC_MODULES:
-        shutil.copyfile(os.path.join(modules_dir, module), str(tree / "modules" / os.path.basename(module)))
-    names = "modules\n" + "".join("modules/%s\n" % os.path.basename(m) for m in NIC_MODULES)
-    archive = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=names.encode(), cwd=str(tree),
-                             stdout=subprocess.PIPE, check=True).stdout
-    with open(initramfs, "ab") as f:
-        f.write(gzip.compress(archive, 6))
-
-
 def _carrier_lines(name):
     with open("/var/log/libvirt/qemu/%s-serial.log" % name, errors="replace") as f:
         return [line.strip() for line in f if line.startswith("x2k-carrier=") or "x2k-insmod-failed" in line]
@@ -304,15 +276,12 @@ def _carrier_lines(name):
 
 @pytest.mark.slow
 def test_guest_boots_with_links_down_and_sees_the_cable_plugged_in_live(conn, domain_name, qemu_tmp,
-                                                                        boot_kit, run_module):
+                                                                        boot_kit, kernel_with_modules,
+                                                                        run_module):
     """The boot check proves the boot with the links down (serial console, no network), the guest
     sees no carrier, and the cut-over (links-only kvm_domain) gives it one without a restart."""
-    kernel, modules_dir = _kernel_with_modules()
-    local_kernel = qemu_tmp / "vmlinuz"
-    shutil.copyfile(kernel, str(local_kernel))
-    os.chmod(str(local_kernel), 0o644)
-    initramfs = boot_kit["make_initramfs"](domain_name, CARRIER_INIT)
-    _append_modules(initramfs, modules_dir, qemu_tmp)
+    local_kernel, modules = kernel_with_modules(NIC_MODULES, qemu_tmp)
+    initramfs = boot_kit["make_initramfs"](domain_name, CARRIER_INIT, files=modules)
     xml = """<domain type='qemu'>
   <name>{name}</name>
   {metadata}
