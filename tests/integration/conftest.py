@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from leftovers import sweep_dead_pytest_basetemps, sweep_stale_test_dirs, sweep_stale_test_domains
 from sshd import LoopbackSshd
 
 
@@ -20,3 +21,12 @@ def sshd_fixture(tmp_path_factory):
 # others are about conversion, playbooks and roles and run the chroot engine, so make test stays
 # within its time.  An engine set outside (XEN2KVM_FIXUP_ENGINE=guestfs make integration) wins.
 os.environ.setdefault("XEN2KVM_FIXUP_ENGINE", "chroot")
+
+
+def pytest_sessionstart(session):
+    for path in sweep_stale_test_dirs():
+        print("swept %s, left by a killed test run" % path)
+    for name in sweep_stale_test_domains():
+        print("undefined domain %s, left by a killed test run" % name)
+    for path in sweep_dead_pytest_basetemps():
+        print("swept %s, the tmp_path of a killed pytest session" % path)

@@ -76,7 +76,7 @@ DATA_DISK_MARKER = "xen2kvm-data-disk"   # file at the top of add_data_disk's fi
 
 __all__ = ["VARIANTS", "SPECS", "GuestImage", "Filesystem", "build_variant", "ensure_image",
            "list_initramfs", "CACHE_DIR", "GuestBuildError", "SuiteUnavailable", "add_data_disk",
-           "rename_vm", "DATA_DISK_MARKER"]
+           "rename_vm", "DATA_DISK_MARKER", "prune_cache"]
 
 
 class GuestBuildError(RuntimeError):
@@ -201,22 +201,31 @@ def image_key(spec: VariantSpec) -> str:
     return f"{spec.name}-{_digest({'v': CACHE_VERSION, 'tree': tree_key(spec), 'spec': d})}"
 
 
-@contextlib.contextmanager
-def _locked(key: str):
+def _try_locked(key: str):
+    """The open, exclusively locked lock file of `key`, or None when another process holds it
+    (it is building that key)."""
     lockdir = CACHE_DIR / "locks"
     lockdir.mkdir(parents=True, exist_ok=True)
-    with open(lockdir / f"{key}.lock", "w") as fh:
+    fh = open(lockdir / f"{key}.lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    return fh
+
+
+@contextlib.contextmanager
+def _locked(key: str):
+    fh = _try_locked(key)
+    if fh is None:
         t0 = time.monotonic()
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another process building {key}")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            log(f"lock {key} acquired after {time.monotonic() - t0:.0f}s")
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        log(f"waiting for another process building {key}")
+        fh = open(CACHE_DIR / "locks" / f"{key}.lock", "w")
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        log(f"lock {key} acquired after {time.monotonic() - t0:.0f}s")
+    with fh:
+        yield
 
 
 def _mounts_under(path: Path) -> list:
@@ -807,6 +816,45 @@ def ensure_image(name: str) -> tuple:
         return final, meta, True
 
 
+def prune_cache() -> list:
+    """Remove the cached images and trees no variant of this checkout uses any more (older specs,
+    older CACHE_VERSIONs): each changed spec leaves a multi-GiB entry behind, and the disk is
+    shared with the tests.  Entries whose lock another process holds are left alone.  Returns
+    [(path, bytes)] of what was removed."""
+    wanted = {"images": {image_key(SPECS[n]) for n in VARIANTS},
+              "trees": {tree_key(SPECS[n]) for n in VARIANTS}}
+    removed = []
+    for kind, keep in wanted.items():
+        folder = CACHE_DIR / kind
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            key = entry.name[:-len(".json")] if entry.name.endswith(".json") else entry.name
+            if key.startswith(".tmp-"):          # a build in progress, or one its next run sweeps
+                continue
+            if key in keep:
+                continue
+            lock = _try_locked(f"{kind[:-1]}-{key}")
+            if lock is None:
+                continue
+            try:
+                size = _disk_usage(entry)
+                if entry.is_dir() and not entry.is_symlink():
+                    _safe_rmtree(entry)
+                else:
+                    entry.unlink()
+                removed.append((entry, size))
+            finally:
+                lock.close()
+    return removed
+
+
+def _disk_usage(path: Path) -> int:
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_blocks * 512
+    return sum(p.lstat().st_blocks * 512 for p in path.rglob("*")) + path.lstat().st_blocks * 512
+
+
 def _sparse_copy(src: Path, dst: Path) -> None:
     tmp = dst.with_name(dst.name + ".part")
     run(["cp", "--sparse=always", "--reflink=auto", src, tmp], quiet=True)
@@ -959,6 +1007,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list the variants")
+    sub.add_parser("prune", help="remove cached images and trees no variant uses any more")
     b = sub.add_parser("build", help="build a variant (or 'all') and copy its disks to --out")
     b.add_argument("variant", choices=VARIANTS + ["all"])
     b.add_argument("--out", required=True, type=Path)
@@ -983,6 +1032,12 @@ def main(argv=None) -> int:
         for n in VARIANTS:
             s = SPECS[n]
             print(f"{n:20} {s.suite:9} {s.init:9} {s.domain_type:4} {s.layout}")
+        return 0
+    if a.cmd == "prune":
+        removed = prune_cache()
+        for path, size in removed:
+            log(f"pruned {path} ({size / 2**30:.1f} GiB)")
+        log(f"pruned {len(removed)} stale cache entries, {sum(size for _path, size in removed) / 2**30:.1f} GiB")
         return 0
     names = VARIANTS if a.variant == "all" else [a.variant]
     for n in names:
