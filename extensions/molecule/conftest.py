@@ -6,6 +6,7 @@ what xva_info read from each VM's export (written by shared/create.yml), ``repor
 migration report of the last converge and ``first-converge.json``, the report of the converge
 that migrated (shared/converge.yml).
 """
+import contextlib
 import json
 import pathlib
 import re
@@ -67,19 +68,34 @@ def serial_log(host, name):
     return log.content_string if log.exists else ""
 
 
-def guest_file(host, image, path):
+def guest_file(host, image, path, domain=None):
     """Text of ``path`` in the guest filesystem on one of the image's partitions, read with
     debugfs (user space, read-only: no loop device and no mount of a disk the guest is using);
-    None when no partition has it."""
+    None when no partition has it.  With ``domain`` (running, with its agent), the guest's
+    filesystems are frozen for the read: ext4 writes its journal back on a freeze, and debugfs,
+    which does not replay the journal, would otherwise read a live guest's older blocks."""
     table = json.loads(host.check_output("sfdisk --json %s", image))["partitiontable"]
-    for part in table["partitions"]:
-        if part["type"] not in ("83", "0fc63daf-8483-4772-8e79-3d69d8477de4"):
-            continue
-        source = "%s?offset=%d" % (image, part["start"] * table.get("sectorsize", 512))
-        cmd = host.run("debugfs -R %s %s", "cat %s" % path, source)
-        if cmd.rc == 0 and not re.search(r"File not found|not found by ext2_lookup", cmd.stderr):
-            return cmd.stdout
+    with frozen(host, domain):
+        for part in table["partitions"]:
+            if part["type"] not in ("83", "0fc63daf-8483-4772-8e79-3d69d8477de4"):
+                continue
+            source = "%s?offset=%d" % (image, part["start"] * table.get("sectorsize", 512))
+            cmd = host.run("debugfs -R %s %s", "cat %s" % path, source)
+            if cmd.rc == 0 and not re.search(r"File not found|not found by ext2_lookup", cmd.stderr):
+                return cmd.stdout
     return None
+
+
+@contextlib.contextmanager
+def frozen(host, domain):
+    """The guest's filesystems frozen through its agent while the block runs; nothing when
+    ``domain`` is None or its agent does not answer (then the read is as good as it gets)."""
+    froze = domain is not None and host.run("virsh --connect %s domfsfreeze %s", URI, domain).rc == 0
+    try:
+        yield
+    finally:
+        if froze:
+            host.run("virsh --connect %s domfsthaw %s", URI, domain)
 
 
 def fstab_entries(text):

@@ -50,7 +50,7 @@ def test_domain_runs_and_reached_login_on_its_console(host, first_report):
 
 
 def test_fstab_names_no_xen_disk(host, root_image):
-    fstab = guest_file(host, root_image, "/etc/fstab")
+    fstab = guest_file(host, root_image, "/etc/fstab", domain=VM)
     assert fstab is not None
     entries = {entry[1]: entry[0] for entry in fstab_entries(fstab)}
     assert not [dev for dev in entries.values() if "xvd" in dev], fstab
@@ -58,11 +58,12 @@ def test_fstab_names_no_xen_disk(host, root_image):
 
 
 def test_console_is_the_serial_port(host, root_image):
-    grub_cfg = guest_file(host, root_image, "/boot/grub/grub.cfg")
+    grub_cfg = guest_file(host, root_image, "/boot/grub/grub.cfg", domain=VM)
     assert grub_cfg is not None
     kernel_lines = [line for line in grub_cfg.splitlines() if line.strip().startswith("linux")]
     assert kernel_lines and all("console=ttyS0" in line and "hvc0" not in line for line in kernel_lines), kernel_lines
-    assert guest_file(host, root_image, "/etc/systemd/system/getty.target.wants/serial-getty@hvc0.service") is None
+    assert guest_file(host, root_image, "/etc/systemd/system/getty.target.wants/serial-getty@hvc0.service",
+                      domain=VM) is None
 
 
 def test_report_says_migrated_then_unchanged(first_report, report, source):

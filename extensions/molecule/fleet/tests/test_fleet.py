@@ -56,7 +56,7 @@ def test_the_two_disk_vm_has_two_virtio_disks_and_its_data_disk_in_fstab(host, s
     assert len(sources["x2k-mol-data"]["disks"]) == 2
     disks = disk_targets(domain_xml(host, "x2k-mol-data"))
     assert [(dev, bus) for dev, bus, _path in disks] == [("vda", "virtio"), ("vdb", "virtio")]
-    fstab = guest_file(host, disks[0][2], "/etc/fstab")
+    fstab = guest_file(host, disks[0][2], "/etc/fstab", domain="x2k-mol-data")
     entries = {entry[1]: entry[0] for entry in fstab_entries(fstab)}
     assert not [dev for dev in entries.values() if "xvd" in dev], fstab
     data_uuid = host.check_output("blkid -p -O 1048576 -s UUID -o value %s", disks[1][2])
@@ -76,7 +76,7 @@ def test_the_guest_mounted_its_data_disk(host):
 
 def test_the_sysvinit_vm_has_its_getty_on_the_serial_port(host):
     root = disk_targets(domain_xml(host, "x2k-mol-sysv"))[0][2]
-    inittab = guest_file(host, root, "/etc/inittab")
+    inittab = guest_file(host, root, "/etc/inittab", domain="x2k-mol-sysv")
     active = [line for line in inittab.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     assert [line for line in active if "getty" in line and "ttyS0" in line], inittab
     assert not [line for line in active if "hvc0" in line], inittab
