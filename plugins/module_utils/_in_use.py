@@ -129,11 +129,11 @@ def loops_backed_by(path):
     return found
 
 
-def _mountinfo():
-    """(major, minor, mount point) of every mount of this mount namespace."""
+def _mountinfo(path="/proc/self/mountinfo"):
+    """(major, minor, mount point) of every mount in the mountinfo file ``path``."""
     mounts = []
     try:
-        with open("/proc/self/mountinfo") as handle:
+        with open(path) as handle:
             for line in handle:
                 fields = line.split()
                 if len(fields) > 4 and ":" in fields[2]:
@@ -145,16 +145,51 @@ def _mountinfo():
     return mounts
 
 
+def _namespace_of(proc):
+    try:
+        return os.readlink(os.path.join(proc, "ns", "mnt"))
+    except OSError:
+        return None
+
+
+def mounts_in_every_namespace():
+    """(major, minor, mount point, owner) of the mounts of every mount namespace on the host.
+
+    ``owner`` is None for our own namespace, else (pid, command name) of a process in that one.
+    A filesystem mounted from a loop device stays mounted in each namespace cloned while it was
+    mounted (a qemu started by libvirt, a container), and keeps the loop device busy after the
+    umount here; such a holder has to be named, or the user is left with a bare "loop device"."""
+    own = _namespace_of("/proc/self")
+    result = [(major, minor, point, None) for major, minor, point in _mountinfo()]
+    seen = {own}
+    for entry in sorted((e for e in os.listdir("/proc") if e.isdigit()), key=int):
+        proc = os.path.join("/proc", entry)
+        namespace = _namespace_of(proc)
+        if namespace is None or namespace in seen:
+            continue
+        seen.add(namespace)
+        comm = _read(os.path.join(proc, "comm")) or "?"
+        result.extend((major, minor, point, (int(entry), comm))
+                      for major, minor, point in _mountinfo(os.path.join(proc, "mountinfo")))
+    return result
+
+
+def _mounted_phrase(device, point, owner):
+    if owner is None:
+        return "%s mounted on %s" % (device, point)
+    return "%s mounted on %s in the mount namespace of %s (pid %d)" % (device, point, owner[1], owner[0])
+
+
 def image_holders(path):
     """Everything on this host that holds the disk image ``path``, as readable phrases:
     processes that have it open (or qemus naming it), loop devices backed by it, and the mount
-    points of those loop devices (and their partitions)."""
+    points of those loop devices (and their partitions), in any mount namespace."""
     holders = ["%s (pid %d) %s" % (comm, pid, how) for pid, comm, how in processes_using(path)]
     loops = loops_backed_by(path)
-    mounts = _mountinfo()
+    mounts = mounts_in_every_namespace() if loops else []
     for device, offset in loops:
         holders.append("loop device %s%s" % (device, " (offset %d)" % offset if offset else ""))
         for name, major, minor in _device_numbers(os.path.join(SYS_BLOCK, os.path.basename(device))):
-            for point in [p for mj, mn, p in mounts if (mj, mn) == (major, minor)]:
-                holders.append("%s mounted on %s" % (name, point))
+            holders.extend(_mounted_phrase(name, point, owner)
+                           for mj, mn, point, owner in mounts if (mj, mn) == (major, minor))
     return holders

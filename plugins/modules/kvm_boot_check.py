@@ -21,7 +21,8 @@ description:
   - When the module starts the domain, only console output written since then is searched.
   - A domain that is not running is not started (also in check mode) while one of its disk images is
     attached to a loop device, mounted from one or held open by a process on this host; the
-    message names each holder (command and pid, loop device, mount point).
+    message names each holder (command and pid, loop device, mount point, and the process whose
+    mount namespace still has it mounted when that is not this one).
   - On timeout, or when the domain stops before booting, the module fails with the last 40 lines
     of the console in its message.
   - When QEMU pauses the domain on a disk error (by default it does so when a write to an image

@@ -147,7 +147,8 @@ options:
         V(absent) stops it if running and undefines it (with its NVRAM).
       - V(running) refuses to start the domain (also in check mode) while one of its disk images
         is attached to a loop device, mounted from one or held open by a process on this host; the
-        message names each holder (command and pid, loop device, mount point).
+        message names each holder (command and pid, loop device, mount point, and the process whose
+        mount namespace still has it mounted when that is not this one).
     type: str
     choices: [defined, running, absent]
     default: defined

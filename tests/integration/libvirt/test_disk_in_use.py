@@ -4,9 +4,12 @@ device.  Real libvirtd, real loop devices and mounts; the domain's own qemu hold
 once it runs is of course no reason to refuse (issue 7, item 13)."""
 import shutil
 import subprocess
+import time
 import uuid
 
 import pytest
+
+from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import loops_for_file
 
 libvirt = pytest.importorskip("libvirt")
 
@@ -45,6 +48,15 @@ def loop_of(image):
         subprocess.run(["losetup", "-d", device], check=False)
 
 
+def wait_until_no_loop_backs(path, timeout=60):
+    """``losetup -d`` only asks: the kernel tears the device down once its last opener (udev's
+    probe after the umount, say) closes it, so the device may still map ``path`` for a moment."""
+    deadline = time.monotonic() + timeout
+    while loops_for_file(path):
+        assert time.monotonic() < deadline, "still backed by a loop device after %d s: %s" % (timeout, path)
+        time.sleep(0.1)
+
+
 def test_start_refused_while_the_host_holds_the_disk(conn, domain_name, qemu_tmp, image, loop_of, run_module):
     args = {"spec": one_disk_spec(domain_name), "name": domain_name, "disks": [image], "domain_type": "qemu",
             "state": "defined"}
@@ -67,23 +79,32 @@ def test_start_refused_while_the_host_holds_the_disk(conn, domain_name, qemu_tmp
         holder.kill()
         holder.wait()
 
-    # attached to a loop device, and that loop device mounted
+    # attached to a loop device, and that loop device mounted.  The mount lives in a mount
+    # namespace of the test's own: one on the host would be copied into every namespace the other
+    # lane creates meanwhile (libvirt's qemus, sandboxes), and would keep the loop device busy
+    # after our umount.  That case is exactly why holders in other namespaces must be named.
     device = loop_of(image)
     mountpoint = qemu_tmp / "mnt"
     mountpoint.mkdir()
-    subprocess.run(["mount", "-o", "ro", device, str(mountpoint)], check=True)
+    mounter = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                                'mount -o ro "$1" "$2" && echo mounted && exec sleep 600', "sh", device,
+                                str(mountpoint)], stdout=subprocess.PIPE, universal_newlines=True)
     try:
+        assert mounter.stdout.readline().strip() == "mounted"
+        mounted = "%s mounted on %s in the mount namespace of sleep (pid %d)" % (device, mountpoint, mounter.pid)
         r = run_module("kvm_boot_check", {"name": domain_name, "timeout": 5})
         assert r.get("failed"), r
-        assert "loop device %s" % device in r["msg"] and "%s mounted on %s" % (device, mountpoint) in r["msg"], r["msg"]
+        assert "loop device %s" % device in r["msg"] and mounted in r["msg"], r["msg"]
         r = run_module("kvm_domain", running)
-        assert r.get("failed") and "loop device %s" % device in r["msg"], r
+        assert r.get("failed") and "loop device %s" % device in r["msg"] and mounted in r["msg"], r
         assert not conn.lookupByName(domain_name).isActive()
     finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
+        mounter.kill()
+        mounter.wait()
     r = run_module("kvm_domain", running)  # the loop device alone is enough to refuse
     assert r.get("failed") and "loop device %s" % device in r["msg"] and "mounted" not in r["msg"], r
     subprocess.run(["losetup", "-d", device], check=True)
+    wait_until_no_loop_backs(image)
 
     # free: it starts, and a rerun while its own qemu holds the disk is fine
     r = run_module("kvm_domain", running)
