@@ -42,7 +42,7 @@ def temp_mark():
     return "%s.%s" % (TEMP_MARK, owner_tag())
 
 
-def _process_alive(pid):
+def process_alive(pid):
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -63,7 +63,7 @@ def sweep_dead_temps(directory):
     removed = []
     for name in names:
         match = _TAGGED.search(name)
-        if not match or match.group(2) != host or _process_alive(int(match.group(1))):
+        if not match or match.group(2) != host or process_alive(int(match.group(1))):
             continue
         path = os.path.join(directory, name)
         try:

@@ -6,6 +6,8 @@ import shutil
 import tempfile
 import time
 
+from ansible_collections.xen2kvm.migration.plugins.module_utils._interrupt import process_alive
+
 # The directories qemu must reach live in /var/tmp (pytest's are 0700); their fixtures remove
 # them, but a killed run cannot.  Only old ones go: both lanes of make test run at once.
 STALE_TEST_DIRS = ("/var/tmp/x2k-it-*", "/var/tmp/x2k-bootkit-*", "/var/tmp/x2k-layouts-*")
@@ -73,16 +75,6 @@ def pytest_basetemp_root():
     return os.path.join(temproot, "pytest-of-%s" % getpass.getuser())
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_dead_pytest_basetemps(root=None):
     """Remove the session directories of killed pytest runs: each holds a ``.lock`` with its
     session's pid, which a killed run leaves behind and pytest then keeps for 3 days, guest images
@@ -94,7 +86,7 @@ def sweep_dead_pytest_basetemps(root=None):
                 pid = int(f.read().strip())
         except (OSError, ValueError):
             continue                     # no lock: an ended session, pytest's retention decides
-        if pid == os.getpid() or _alive(pid):
+        if pid == os.getpid() or process_alive(pid):
             continue
         shutil.rmtree(path, ignore_errors=True)
         swept.append(path)
