@@ -129,8 +129,9 @@ def loops_backed_by(path):
     return found
 
 
-def _mountinfo(path="/proc/self/mountinfo"):
-    """(major, minor, mount point) of every mount in the mountinfo file ``path``."""
+def mount_table(path="/proc/self/mountinfo"):
+    """(major, minor, mount point) of every mount in the mountinfo file ``path`` (this mount
+    namespace's by default); empty when it cannot be read (a process that is gone)."""
     mounts = []
     try:
         with open(path) as handle:
@@ -160,7 +161,7 @@ def mounts_in_every_namespace():
     mounted (a qemu started by libvirt, a container), and keeps the loop device busy after the
     umount here; such a holder has to be named, or the user is left with a bare "loop device"."""
     own = _namespace_of("/proc/self")
-    result = [(major, minor, point, None) for major, minor, point in _mountinfo()]
+    result = [(major, minor, point, None) for major, minor, point in mount_table()]
     seen = {own}
     for entry in sorted((e for e in os.listdir("/proc") if e.isdigit()), key=int):
         proc = os.path.join("/proc", entry)
@@ -170,7 +171,7 @@ def mounts_in_every_namespace():
         seen.add(namespace)
         comm = _read(os.path.join(proc, "comm")) or "?"
         result.extend((major, minor, point, (int(entry), comm))
-                      for major, minor, point in _mountinfo(os.path.join(proc, "mountinfo")))
+                      for major, minor, point in mount_table(os.path.join(proc, "mountinfo")))
     return result
 
 

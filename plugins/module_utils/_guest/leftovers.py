@@ -19,7 +19,6 @@ __metaclass__ = type
 import glob
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -28,6 +27,7 @@ import time
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.loop import (
     attached_loops, detach, io_counters, loop_status)
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.partition_table import GuestError
+from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import mount_table
 
 
 def _start_time(pid):
@@ -68,15 +68,8 @@ class RunRecord:
 
 
 def _mount_points_under(tmpdir):
-    points = []
-    with open("/proc/self/mountinfo") as handle:
-        for line in handle:
-            fields = line.split()
-            if len(fields) > 4:
-                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-                if point == tmpdir or point.startswith(tmpdir + "/"):
-                    points.append(point)
-    return points
+    return [point for _major, _minor, point in mount_table()
+            if point == tmpdir or point.startswith(tmpdir + "/")]
 
 
 def processes_in_guest(tmpdir=None, loop_devices=()):

@@ -30,7 +30,7 @@ import time
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.access import resolve_guest_path
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.inspect import looks_like_root, parse_fstab
-from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import processes_using
+from ansible_collections.xen2kvm.migration.plugins.module_utils._in_use import mount_table, processes_using
 from ansible_collections.xen2kvm.migration.plugins.module_utils._disk_names import disk_letters
 from ansible_collections.xen2kvm.migration.plugins.module_utils._guest.leftovers import (
     RunRecord,
@@ -114,30 +114,13 @@ def _run(argv, timeout=120):
                           universal_newlines=True, timeout=timeout, check=False)
 
 
-def _unescape_mountinfo(field):
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def host_mount_points(mountinfo="/proc/self/mountinfo"):
     """Mount points of this mount namespace, from /proc/self/mountinfo (or another process's)."""
-    points = []
-    with open(mountinfo) as fobj:
-        for line in fobj:
-            fields = line.split()
-            if len(fields) > 4:
-                points.append(_unescape_mountinfo(fields[4]))
-    return points
+    return [point for _major, _minor, point in mount_table(mountinfo)]
 
 
 def _mounted_device_numbers():
-    numbers = set()
-    with open("/proc/self/mountinfo") as fobj:
-        for line in fobj:
-            fields = line.split()
-            if len(fields) > 2 and ":" in fields[2]:
-                major, minor = fields[2].split(":")
-                numbers.add(os.makedev(int(major), int(minor)))
-    return numbers
+    return {os.makedev(major, minor) for major, minor, _point in mount_table()}
 
 
 def _refuse_busy_block_device(path):
