@@ -8,9 +8,12 @@ import time
 
 from ansible_collections.xen2kvm.migration.plugins.module_utils._interrupt import process_alive
 
-# The directories qemu must reach live in /var/tmp (pytest's are 0700); their fixtures remove
-# them, but a killed run cannot.  Only old ones go: both lanes of make test run at once.
-STALE_TEST_DIRS = ("/var/tmp/x2k-it-*", "/var/tmp/x2k-bootkit-*", "/var/tmp/x2k-layouts-*")
+# The directories qemu must reach live in /var/tmp (pytest's are 0700), the playbook runs' and the
+# XAPI double's in the temp dir; their fixtures remove them, but a killed run cannot.  Only old
+# ones go: both lanes of make test run at once.
+STALE_TEST_DIRS = ("/var/tmp/x2k-it-*", "/var/tmp/x2k-bootkit-*", "/var/tmp/x2k-layouts-*",
+                   os.path.join(tempfile.gettempdir(), "x2k-ansible-*"),
+                   os.path.join(tempfile.gettempdir(), "xapi-double-*"))
 STALE_AFTER = 12 * 3600
 
 

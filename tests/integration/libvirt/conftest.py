@@ -331,16 +331,44 @@ def kernel_with_modules_fixture():
 def kernel_with_modules(modules, directory):
     """(kernel, {name: path}) for a guest that loads ``modules`` (paths under
     /lib/modules/<release>/, uncompressed) with busybox insmod: an installed /boot kernel that has
-    them, copied into ``directory`` for qemu, and the modules for make_initramfs's ``files``; or skip."""
+    them, copied into ``directory`` for qemu, and for make_initramfs's ``files`` these modules and
+    all they depend on, in load order (what modules.dep says a module needs comes before it:
+    kernel updates move those needs, as 6.1.0-57 made virtio.ko need virtio_ring.ko); or skip."""
     for kernel in sorted(glob.glob("/boot/vmlinuz-*"), reverse=True):
         release_dir = "/lib/modules/%s" % kernel.split("vmlinuz-", 1)[1]
-        found = {os.path.basename(m): os.path.join(release_dir, m) for m in modules}
-        if all(os.path.isfile(path) for path in found.values()):
+        order = _module_load_order(release_dir, modules)
+        if order is not None:
             local = os.path.join(str(directory), "vmlinuz")
             shutil.copyfile(kernel, local)
             os.chmod(local, 0o644)
-            return local, found
+            return local, {os.path.basename(m): os.path.join(release_dir, m) for m in order}
     pytest.skip("no /boot/vmlinuz-* with these modules (uncompressed) in /lib/modules: %s" % ", ".join(modules))
+
+
+def _module_load_order(release_dir, modules):
+    """``modules`` and what they need (modules.dep of ``release_dir``), each after its needs; None
+    when one of them is not there as an uncompressed file."""
+    needs = {}
+    try:
+        with open(os.path.join(release_dir, "modules.dep")) as f:
+            for line in f:
+                module, _, needed = line.partition(":")
+                needs[module.strip()] = needed.split()
+    except OSError:
+        return None
+    order = []
+
+    def add(module):
+        if module in order:
+            return True
+        if module not in needs or not os.path.isfile(os.path.join(release_dir, module)):
+            return False
+        if not all(add(needed) for needed in needs[module]):
+            return False
+        order.append(module)
+        return True
+
+    return order if all(add(m) for m in modules) else None
 
 
 # Under TCG on a loaded host the kernel may calibrate the TSC badly and stall after switching

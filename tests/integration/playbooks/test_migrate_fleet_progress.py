@@ -31,8 +31,11 @@ def test_a_fleet_over_http_shows_progress_and_boots(qemu_tmp, conn, remove_domai
             hosts = {vm.name: dict(QUIET_HOST, ansible_connection="local", kvm_host="localhost",
                                    xva="%s/export?uuid=%s" % (authed, vm.uuid)) for vm in vms}
             inventory = {"all": {"children": {
+                # two slots, as on the two cores here: three TCG guests booting at once beside
+                # the other lane starve their udev past systemd's 90 s device timeout (no ttyS0
+                # getty, no login:); the third VM waits for a slot, as in a fleet larger than its host
                 "kvm_hosts": {"hosts": {"localhost": dict(KVM_HOST, images_dir=str(qemu_tmp / "images"),
-                                                          max_parallel=3)}},
+                                                          max_parallel=2)}},
                 "xen_vms": {"hosts": hosts}}}}
             lines = play_streaming(qemu_tmp, inventory, "--forks", "3", "-e", "report_dir=%s" % (qemu_tmp / "reports"))
         output = "".join(text for _at, text in lines)
