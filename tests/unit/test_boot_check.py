@@ -219,3 +219,44 @@ def test_check_mode_and_errors(env):
     state["dom"] = None
     with pytest.raises(bc.BootCheckError, match="does not exist"):
         run(clock)
+
+
+GETTY_FAILED = """Loading initial ramdisk ...
+[ TIME ] Timed out waiting for device \x1b[0;1;39mdev-ttyS0.device\x1b[0m - /dev/ttyS0.
+[DEPEND] Dependency failed for seri\u2026rvice - Serial Getty on ttyS0.
+[  OK  ] Reached target getty.target - Login Prompts.
+"""
+
+
+def test_a_serial_getty_that_will_not_start_fails_the_login_wait_at_once(env):
+    """systemd gave up on ttyS0's getty (its device timed out): no login: can come, so the check
+    says so instead of waiting out its timeout."""
+    log, state = env
+    clock = Clock()
+    dom = FakeDom(str(log), on_create=lambda: log.write_text("Booting Debian\n"))
+    state["dom"] = dom
+    clock.hooks[clock.now + 95] = lambda: log.write_text(GETTY_FAILED)
+    with pytest.raises(bc.BootCheckError) as err:
+        run(clock, timeout=600, wait_for="login")
+    msg = str(err.value)
+    assert "no login prompt can come on its serial console after 95 s" in msg
+    assert "'[DEPEND] Dependency failed for seri\u2026rvice - Serial Getty on ttyS0.'" in msg
+    assert "wait_for=any" in msg
+    assert "Timed out waiting for device dev-ttyS0.device" in err.value.details["tail"]
+    assert err.value.details["seconds"] == 95.0 and err.value.details["started"]
+
+
+def test_a_failed_serial_getty_leaves_the_agent_to_answer(env):
+    """With wait_for=any the guest agent may still prove the boot."""
+    log, state = env
+    clock = Clock()
+    state["dom"] = FakeDom(str(log), on_create=lambda: log.write_text(GETTY_FAILED))
+    clock.hooks[clock.now + 30] = lambda: state.update(agent=True)
+    assert run(clock, timeout=600, wait_for="any")["method"] == "agent"
+
+
+def test_serial_getty_failure_reads_only_ttyS0_and_older_systemd():
+    assert bc.serial_getty_failure(["[DEPEND] Dependency failed for Serial Getty on ttyS1."]) is None
+    assert bc.serial_getty_failure(["[  OK  ] Started serial-getty@ttyS0.service - Serial Getty on ttyS0."]) is None
+    assert bc.serial_getty_failure(["[DEPEND] Dependency failed for Serial Getty on ttyS0."]) == \
+        "[DEPEND] Dependency failed for Serial Getty on ttyS0."

@@ -107,6 +107,20 @@ def io_error_pause(dom):
     return "; ".join(found) or "a disk error libvirt did not name"
 
 
+# systemd's word that the getty of the first serial port will never start (after udev did not
+# bring up /dev/ttyS0 within the device timeout, say); it is not retried, so no login prompt can
+# come on the console this check reads.  The unit name may be cut to fit the console width.
+_SERIAL_GETTY_DEPENDENCY_FAILED = re.compile(r"Dependency failed for .*Serial Getty on ttyS0\b")
+
+
+def serial_getty_failure(lines):
+    """systemd's console line saying the ttyS0 getty will not start, or None."""
+    for line in lines:
+        if _SERIAL_GETTY_DEPENDENCY_FAILED.search(line):
+            return line.strip()
+    return None
+
+
 def _probe(dom, log_path, offset, regex, wait_for):
     """One look: ("login"|"agent", lines) when booted, (None, lines) otherwise."""
     lines = console_lines(log_path, offset) if log_path else []
@@ -172,6 +186,14 @@ def boot_check(params, check_mode=False, clock=time.monotonic, sleep=time.sleep)
                     % (params["name"], elapsed, disk_error, tail(lines)), tail=tail(lines),
                     started=result["started"], changed=result["changed"], seconds=round(elapsed, 1),
                     state="paused")
+            getty_failure = serial_getty_failure(lines) if wait_for == "login" else None
+            if getty_failure:
+                raise BootCheckError(
+                    "domain %s: no login prompt can come on its serial console after %.0f s: systemd "
+                    "says '%s' (the guest may be up otherwise: wait_for=any also takes an answer from "
+                    "its guest agent); last console lines (%s):\n%s"
+                    % (params["name"], elapsed, getty_failure, log_path, tail(lines)), tail=tail(lines),
+                    started=result["started"], changed=result["changed"], seconds=round(elapsed, 1))
             if not dom.isActive():
                 raise BootCheckError(
                     "domain %s stopped after %.0f s before it booted; last console lines:\n%s"
