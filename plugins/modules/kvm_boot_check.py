@@ -31,8 +31,8 @@ description:
     paused, so that it can be resumed once there is space.
   - With O(wait_for=login), the module also fails at once when systemd reports on the console that
     the getty of C(ttyS0) will not start (C(Dependency failed for ... Serial Getty on ttyS0), after
-    C(/dev/ttyS0) did not appear within systemd's device timeout, say): no login prompt can come
-    then. O(wait_for=any) keeps waiting for the guest agent.
+    C(/dev/ttyS0) did not appear within systemd's device timeout, say), because no login prompt
+    can come then. O(wait_for=any) keeps waiting for the guest agent.
 author:
   - xen2kvm developers (@xen2kvm)
 attributes:

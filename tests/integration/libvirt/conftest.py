@@ -352,7 +352,7 @@ def _module_load_order(release_dir, modules):
     try:
         with open(os.path.join(release_dir, "modules.dep")) as f:
             for line in f:
-                module, _, needed = line.partition(":")
+                module, _colon, needed = line.partition(":")
                 needs[module.strip()] = needed.split()
     except OSError:
         return None

@@ -6,7 +6,6 @@ The running domains boot from empty images (no guest OS: SeaBIOS finds nothing t
 which is enough for libvirt and QEMU to hold the NICs; their link state is read back from the
 live and the inactive XML, and the qemu process is the same before and after the switch.  NICs are user-mode (``<interface type='user'>``).
 """
-import os
 import subprocess
 import time
 import uuid
